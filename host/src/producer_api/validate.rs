@@ -1,0 +1,147 @@
+//! Checks on what a handler asks the producer API to send: the path and the headers.
+//!
+//! The handler names a path; the host joins it to its own base URL. Anything that could make the
+//! joined URL leave that origin, or smuggle a header, is denied here before a byte is sent.
+
+/// Longest path accepted, query included.
+pub const MAX_PATH_LEN: usize = 2048;
+/// Most headers a handler may set on one call.
+pub const MAX_HEADERS: usize = 32;
+/// Largest total size of the handler's header names and values.
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+
+/// Headers the host owns or that change how the connection behaves.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "idempotency-key",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "proxy-authorization",
+    "proxy-connection",
+    "forwarded",
+];
+
+/// Percent-encodings that could turn into path separators, dots, or further encodings when a
+/// server decodes the path.
+const FORBIDDEN_ENCODINGS: &[&str] = &["%2e", "%2f", "%5c", "%25", "%00"];
+
+/// Checks a handler-given path and returns it unchanged when it is safe to append to the base URL.
+pub fn check_path(path: &str) -> Result<&str, String> {
+    if path.len() > MAX_PATH_LEN {
+        return Err(format!("path is longer than {MAX_PATH_LEN} bytes"));
+    }
+    if !path.starts_with('/') {
+        return Err("path must start with '/' (a path on the producer service, not a URL)".into());
+    }
+    if path.starts_with("//") {
+        return Err("path must not start with '//' (a network-path reference names another host)".into());
+    }
+    if let Some(c) = path.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!("path contains a forbidden character {c:?} (only visible ASCII is allowed)"));
+    }
+    if let Some(c) = path.chars().find(|c| matches!(c, '\\' | '#' | '@')) {
+        return Err(format!("path contains a forbidden character {c:?}"));
+    }
+    let lower = path.to_ascii_lowercase();
+    if let Some(enc) = FORBIDDEN_ENCODINGS.iter().find(|e| lower.contains(*e)) {
+        return Err(format!("path contains the encoded sequence {enc}, which is not allowed"));
+    }
+    let route = path.split('?').next().unwrap_or_default();
+    if route.split('/').any(|segment| segment == "." || segment == "..") {
+        return Err("path must not contain '.' or '..' segments".into());
+    }
+    Ok(path)
+}
+
+/// Checks one handler-given header.
+pub fn check_header(name: &str, value: &str) -> Result<(), String> {
+    let is_token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(is_token) {
+        return Err(format!("header name {name:?} is not a valid HTTP token"));
+    }
+    let lower = name.to_ascii_lowercase();
+    if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("proxy-") || lower.starts_with("x-forwarded-") {
+        return Err(format!("header {name:?} is set by the host and cannot be set by a handler"));
+    }
+    if let Some(c) = value.chars().find(|&c| !(c == ' ' || c == '\t' || c.is_ascii_graphic())) {
+        return Err(format!("header {name:?} has a forbidden character {c:?} in its value"));
+    }
+    Ok(())
+}
+
+/// Checks all of a call's headers, their count and total size.
+pub fn check_headers(headers: &[(String, String)]) -> Result<(), String> {
+    if headers.len() > MAX_HEADERS {
+        return Err(format!("more than {MAX_HEADERS} headers"));
+    }
+    let total: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_HEADER_BYTES {
+        return Err(format!("headers exceed {MAX_HEADER_BYTES} bytes"));
+    }
+    headers.iter().try_for_each(|(k, v)| check_header(k, v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinary_paths_pass() {
+        for p in ["/producer-svc/tokens", "/producer-svc/tokens/verify", "/a?b=c&d=%20e", "/"] {
+            assert_eq!(check_path(p), Ok(p));
+        }
+    }
+
+    #[test]
+    fn escaping_paths_are_denied() {
+        for p in [
+            "http://evil.example/x",
+            "evil.example/x",
+            "//evil.example/x",
+            "/../admin",
+            "/a/./b",
+            "/a/..",
+            "/%2e%2e/admin",
+            "/%2E%2E/admin",
+            "/a%2fb",
+            "/a%252e%252e/",
+            "/a\\..\\b",
+            "/a@evil.example",
+            "/a#frag",
+            "/a\r\nHost: evil",
+            "/a b",
+            "/caf\u{e9}",
+            "",
+        ] {
+            assert!(check_path(p).is_err(), "{p:?} should be denied");
+        }
+        assert!(check_path(&format!("/{}", "a".repeat(MAX_PATH_LEN))).is_err());
+    }
+
+    #[test]
+    fn reserved_and_malformed_headers_are_denied() {
+        assert!(check_header("content-type", "application/json").is_ok());
+        for (k, v) in [
+            ("Host", "evil.example"),
+            ("IDEMPOTENCY-KEY", "x"),
+            ("content-length", "1"),
+            ("Transfer-Encoding", "chunked"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("proxy-anything", "x"),
+            ("x-a", "b\r\nHost: evil"),
+            ("x a", "b"),
+            ("", "b"),
+            ("x-a\n", "b"),
+        ] {
+            assert!(check_header(k, v).is_err(), "{k:?}: {v:?} should be denied");
+        }
+        let many: Vec<_> = (0..=MAX_HEADERS).map(|i| (format!("x-{i}"), "v".to_string())).collect();
+        assert!(check_headers(&many).is_err());
+    }
+}

@@ -1,0 +1,121 @@
+//! The host's own view of a Kafka record and of what a handler made of it.
+//!
+//! [`Record`] is what the pipeline hands to a handler; [`Outcome`] is the handler's verdict as the
+//! host classifies it (the handler's own disposition, or what the sandbox saw: a trap, a timeout, a
+//! memory cap); [`Invocation`] is one call's full report (outcome, events, producer calls, time).
+
+use serde::Serialize;
+use std::time::Duration;
+
+/// One Kafka record as delivered to a handler.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Record {
+    /// Topic the record belongs to (the original topic for redeliveries).
+    pub topic: String,
+    /// Partition of `topic`.
+    pub partition: i32,
+    /// Offset within `partition`.
+    pub offset: i64,
+    /// Broker or producer timestamp, milliseconds since the Unix epoch.
+    pub timestamp_ms: Option<i64>,
+    /// Record key, if any.
+    pub key: Option<Vec<u8>>,
+    /// Record value; `None` is a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// Headers in produced order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// 1 on first delivery, incremented on each redelivery.
+    pub attempt: u32,
+}
+
+/// What became of one handler call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", content = "reason", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The handler finished the record.
+    Ok,
+    /// The handler asked for a later redelivery.
+    Retry(String),
+    /// The handler rejected the record for good.
+    Reject(String),
+    /// The guest trapped (a panic, `unreachable`, a stack overflow, an out-of-bounds access).
+    Trap(String),
+    /// The call ran past its time limit.
+    Timeout(String),
+    /// The guest tried to grow its memory past its cap.
+    Memory(String),
+}
+
+impl Outcome {
+    /// The outcome's short name, as used in metrics and the CLI output.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Retry(_) => "retry",
+            Outcome::Reject(_) => "reject",
+            Outcome::Trap(_) => "trap",
+            Outcome::Timeout(_) => "timeout",
+            Outcome::Memory(_) => "memory",
+        }
+    }
+
+    /// The reason given with the outcome, if any.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Outcome::Ok => None,
+            Outcome::Retry(r) | Outcome::Reject(r) | Outcome::Trap(r) | Outcome::Timeout(r) | Outcome::Memory(r) => {
+                Some(r)
+            }
+        }
+    }
+
+    /// Whether the sandbox (not the handler's own answer) ended the call. The instance that ran
+    /// such a call is never reused.
+    pub fn is_sandbox_fault(&self) -> bool {
+        matches!(self, Outcome::Trap(_) | Outcome::Timeout(_) | Outcome::Memory(_))
+    }
+}
+
+/// An event a handler published through `publish-event`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// The event's kind, e.g. `user-created`.
+    pub kind: String,
+    /// The event's payload, JSON by convention.
+    pub payload: String,
+    /// Topic of the record whose handling published it.
+    pub topic: String,
+    /// Partition of that record.
+    pub partition: i32,
+    /// Offset of that record.
+    pub offset: i64,
+}
+
+/// One producer-API call a handler made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallSummary {
+    /// HTTP method.
+    pub method: String,
+    /// Path as the handler gave it.
+    pub path: String,
+    /// HTTP status, when a response came back.
+    pub status: Option<u16>,
+    /// Why no response came back, when none did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The full report of one handler call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// The verdict.
+    pub outcome: Outcome,
+    /// Events the handler published during the call, in order.
+    pub events: Vec<Event>,
+    /// Producer-API calls the handler made, in order.
+    pub calls: Vec<CallSummary>,
+    /// Log lines and events dropped because a per-record cap was reached.
+    pub dropped: u32,
+    /// Wall time of the call, instantiation included.
+    pub duration: Duration,
+}

@@ -1,0 +1,178 @@
+//! Named, validated configuration of the sandbox: per-handler limits and instance policy, and
+//! engine-wide settings.
+//!
+//! Raw values (a `<topic>.toml` file, environment variables) are parsed into these types once, with
+//! unknown keys rejected and every bound checked, so the runtime never sees an invalid value.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// How instances of a handler are created and reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum InstancePolicy {
+    /// One instance per partition worker, reused across records; recycled after a trap or limit
+    /// hit, after `recycle_after_records` records, and when the handler file is swapped.
+    #[default]
+    Reuse,
+    /// A fresh instance for every record: strict isolation, several times the cost per record.
+    Fresh,
+}
+
+/// Limits and policy for one handler. Every field has a safe default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HandlerLimits {
+    /// Wall-clock limit for one `handle` call, producer calls included (enforced by epoch deadline
+    /// while the guest runs and by a timer while it waits on the host).
+    pub call_timeout_ms: u64,
+    /// Cap on the guest's linear memory, in bytes.
+    pub max_memory_bytes: u64,
+    /// Producer-API calls allowed while handling one record.
+    pub max_producer_calls: u32,
+    /// Time limit for one producer-API call.
+    pub producer_timeout_ms: u64,
+    /// Largest producer-API response body accepted, in bytes.
+    pub max_producer_response_bytes: u64,
+    /// Largest producer-API request body accepted, in bytes.
+    pub max_producer_request_bytes: u64,
+    /// Events a handler may publish while handling one record.
+    pub max_events_per_record: u32,
+    /// Largest event payload, in bytes.
+    pub max_event_bytes: u32,
+    /// Log lines a handler may write while handling one record.
+    pub max_log_lines_per_record: u32,
+    /// Longest log line kept, in bytes (longer lines are truncated).
+    pub max_log_line_bytes: u32,
+    /// Instance policy.
+    pub instance_policy: InstancePolicy,
+    /// With `reuse`, records handled by one instance before it is replaced.
+    pub recycle_after_records: u64,
+}
+
+impl Default for HandlerLimits {
+    fn default() -> Self {
+        Self {
+            call_timeout_ms: 5_000,
+            max_memory_bytes: 64 * 1024 * 1024,
+            max_producer_calls: 16,
+            producer_timeout_ms: 2_000,
+            max_producer_response_bytes: 1024 * 1024,
+            max_producer_request_bytes: 1024 * 1024,
+            max_events_per_record: 64,
+            max_event_bytes: 64 * 1024,
+            max_log_lines_per_record: 256,
+            max_log_line_bytes: 4 * 1024,
+            instance_policy: InstancePolicy::Reuse,
+            recycle_after_records: 10_000,
+        }
+    }
+}
+
+/// A limit that is out of its allowed range.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{field} = {value} is out of range: {rule}")]
+pub struct InvalidLimit {
+    /// The offending field.
+    pub field: &'static str,
+    /// Its value.
+    pub value: u64,
+    /// The allowed range.
+    pub rule: &'static str,
+}
+
+impl HandlerLimits {
+    /// Checks every bound; the runtime only accepts validated limits.
+    pub fn validate(&self, max_memory_ceiling: u64) -> Result<(), InvalidLimit> {
+        fn check(field: &'static str, value: u64, ok: bool, rule: &'static str) -> Result<(), InvalidLimit> {
+            if ok { Ok(()) } else { Err(InvalidLimit { field, value, rule }) }
+        }
+        let l = self;
+        check("call_timeout_ms", l.call_timeout_ms, (1..=600_000).contains(&l.call_timeout_ms), "1..=600000")?;
+        check(
+            "max_memory_bytes",
+            l.max_memory_bytes,
+            l.max_memory_bytes >= 64 * 1024 && l.max_memory_bytes <= max_memory_ceiling,
+            "64 KiB up to the engine's WASM_MAX_MEMORY_BYTES",
+        )?;
+        check("max_producer_calls", l.max_producer_calls.into(), l.max_producer_calls <= 10_000, "0..=10000")?;
+        check(
+            "producer_timeout_ms",
+            l.producer_timeout_ms,
+            (1..=600_000).contains(&l.producer_timeout_ms),
+            "1..=600000",
+        )?;
+        check(
+            "max_producer_response_bytes",
+            l.max_producer_response_bytes,
+            (1..=64 * 1024 * 1024).contains(&l.max_producer_response_bytes),
+            "1..=64 MiB",
+        )?;
+        check(
+            "max_producer_request_bytes",
+            l.max_producer_request_bytes,
+            (1..=64 * 1024 * 1024).contains(&l.max_producer_request_bytes),
+            "1..=64 MiB",
+        )?;
+        check(
+            "max_events_per_record",
+            l.max_events_per_record.into(),
+            l.max_events_per_record <= 100_000,
+            "0..=100000",
+        )?;
+        check(
+            "max_event_bytes",
+            l.max_event_bytes.into(),
+            (1..=16 * 1024 * 1024).contains(&l.max_event_bytes),
+            "1..=16 MiB",
+        )?;
+        check(
+            "max_log_lines_per_record",
+            l.max_log_lines_per_record.into(),
+            l.max_log_lines_per_record <= 100_000,
+            "0..=100000",
+        )?;
+        check(
+            "max_log_line_bytes",
+            l.max_log_line_bytes.into(),
+            (1..=1024 * 1024).contains(&l.max_log_line_bytes),
+            "1..=1 MiB",
+        )?;
+        check("recycle_after_records", l.recycle_after_records, l.recycle_after_records >= 1, ">= 1")?;
+        Ok(())
+    }
+
+    /// The call's wall-clock limit.
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms)
+    }
+
+    /// One producer call's limit.
+    pub fn producer_timeout(&self) -> Duration {
+        Duration::from_millis(self.producer_timeout_ms)
+    }
+}
+
+/// Engine-wide settings, fixed for the life of the process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Instances the pooling allocator can hold at once (all handlers, all partitions).
+    pub max_instances: u32,
+    /// Ceiling on any handler's `max_memory_bytes`; the pool reserves slots of this size.
+    pub max_memory_bytes: u64,
+    /// Epoch tick: the granularity of the time limit.
+    pub epoch_tick: Duration,
+    /// Largest `.wasm` file accepted.
+    pub max_component_bytes: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: 256,
+            max_memory_bytes: 256 * 1024 * 1024,
+            epoch_tick: Duration::from_millis(5),
+            max_component_bytes: 64 * 1024 * 1024,
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The process-wide wasmtime engine: configuration (pooling allocator, epoch interruption, async
+//! calls), the epoch ticker thread, and the linker with WASI p2 and the contract's imports.
+
+use super::config::EngineConfig;
+use super::state::HostState;
+use crate::bindings::Handler;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// Core modules, memories and tables one handler component may hold. A Rust component built for
+/// wasm32-wasip2 has one memory and a handful of core instances (its module plus adapter shims).
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+const MEMORIES_PER_COMPONENT: u32 = 2;
+const TABLES_PER_COMPONENT: u32 = 4;
+
+/// Why the engine could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the WebAssembly engine: {0}")]
+pub struct EngineError(String);
+
+/// The shared engine and linker. Dropping it stops the epoch ticker.
+pub struct WasmEngine {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    config: EngineConfig,
+    ticker: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+impl WasmEngine {
+    /// Builds the engine, starts its epoch ticker and links WASI p2 and the contract's imports.
+    pub fn new(config: EngineConfig) -> Result<Self, EngineError> {
+        let err = |e: wasmtime::Error| EngineError(format!("{e:#}"));
+        let mut pool = PoolingAllocationConfig::default();
+        let n = config.max_instances;
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+            .total_memories(n.saturating_mul(MEMORIES_PER_COMPONENT))
+            .total_tables(n.saturating_mul(TABLES_PER_COMPONENT))
+            .total_stacks(n)
+            .max_memories_per_component(MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(TABLES_PER_COMPONENT)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+            .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX));
+
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true)
+            .wasm_component_model(true)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(err)?;
+
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(err)?;
+        Handler::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s).map_err(err)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let (engine, stop, tick) = (engine.clone(), stop.clone(), config.epoch_tick);
+            std::thread::Builder::new()
+                .name("wasm-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| EngineError(format!("cannot start the epoch thread: {e}")))?
+        };
+        Ok(Self { engine, linker: Arc::new(linker), config, ticker: Some((stop, ticker)) })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker with every import a handler may use.
+    pub fn linker(&self) -> &Linker<HostState> {
+        &self.linker
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Epoch ticks that make up `d`, at least one.
+    pub fn ticks_for(&self, d: std::time::Duration) -> u64 {
+        let tick = self.config.epoch_tick.as_micros().max(1);
+        u64::try_from(d.as_micros().div_ceil(tick)).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+impl std::fmt::Debug for WasmEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmEngine").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Drop for WasmEngine {
+    fn drop(&mut self) {
+        if let Some((stop, handle)) = self.ticker.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = handle.join();
+        }
+    }
+}

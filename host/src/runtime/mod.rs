@@ -1,0 +1,14 @@
+//! The sandbox: a wasmtime engine shared by every handler ([`engine`]), handlers compiled and
+//! checked once ([`module`]), per-partition runners that apply the instance policy and limits
+//! ([`worker`]), the store data and host imports ([`state`]), and the named limits ([`config`]).
+
+pub mod config;
+pub mod engine;
+pub mod module;
+pub mod state;
+pub mod worker;
+
+pub use config::{EngineConfig, HandlerLimits, InstancePolicy, InvalidLimit};
+pub use engine::{EngineError, WasmEngine};
+pub use module::{HandlerModule, LoadError};
+pub use worker::Worker;

@@ -1,0 +1,139 @@
+//! A loaded handler: a component compiled once, checked against the `handler` world and
+//! pre-instantiated, with its digest and limits. Cheap to clone and share between partition
+//! workers; a swap replaces the whole value, never part of it.
+
+use super::config::{HandlerLimits, InvalidLimit};
+use super::engine::WasmEngine;
+use super::state::HostState;
+use crate::bindings::HandlerPre;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::sync::Arc;
+use wasmtime::component::Component;
+
+/// Why a file could not become a handler. Every variant names what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is over the engine's size limit.
+    #[error("the component is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A core module or something that is not WebAssembly at all.
+    #[error("not a WebAssembly component: {0}")]
+    NotAComponent(String),
+    /// A component that does not compile.
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    /// A valid component that does not fit the `kafka-wasm:handler/handler` world.
+    #[error("the component does not implement the kafka-wasm:handler@0.1.0 `handler` world: {0}")]
+    WrongWorld(String),
+    /// The handler's limits are out of range.
+    #[error("invalid handler limits: {0}")]
+    Limits(#[from] InvalidLimit),
+}
+
+/// A compiled, checked, pre-instantiated handler.
+#[derive(Clone)]
+pub struct HandlerModule {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Arc<WasmEngine>,
+    pre: HandlerPre<HostState>,
+    digest: String,
+    size: u64,
+    limits: Arc<HandlerLimits>,
+}
+
+impl std::fmt::Debug for HandlerModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerModule")
+            .field("digest", &self.inner.digest)
+            .field("size", &self.inner.size)
+            .field("limits", &self.inner.limits)
+            .finish()
+    }
+}
+
+const WASM_MAGIC: &[u8; 4] = b"\0asm";
+const CORE_MODULE_VERSION: [u8; 4] = [1, 0, 0, 0];
+
+impl HandlerModule {
+    /// Reads, compiles and checks a handler file.
+    pub fn load_file(engine: &Arc<WasmEngine>, path: &Path, limits: HandlerLimits) -> Result<Self, LoadError> {
+        let io = |source| LoadError::Io { path: path.display().to_string(), source };
+        let size = std::fs::metadata(path).map_err(io)?.len();
+        let limit = engine.config().max_component_bytes;
+        if size > limit {
+            return Err(LoadError::TooLarge { size, limit });
+        }
+        let bytes = std::fs::read(path).map_err(io)?;
+        Self::load(engine, &bytes, limits)
+    }
+
+    /// Compiles and checks a handler from its bytes.
+    pub fn load(engine: &Arc<WasmEngine>, bytes: &[u8], limits: HandlerLimits) -> Result<Self, LoadError> {
+        limits.validate(engine.config().max_memory_bytes)?;
+        let size = bytes.len() as u64;
+        let limit = engine.config().max_component_bytes;
+        if size > limit {
+            return Err(LoadError::TooLarge { size, limit });
+        }
+        if bytes.len() < 8 || &bytes[..4] != WASM_MAGIC {
+            return Err(LoadError::NotAComponent("the file does not start with the WebAssembly magic number".into()));
+        }
+        if bytes[4..8] == CORE_MODULE_VERSION {
+            return Err(LoadError::NotAComponent(
+                "this is a core WebAssembly module; build a component (e.g. --target wasm32-wasip2, or `wasm-tools component new`)"
+                    .into(),
+            ));
+        }
+        let component = Component::new(engine.engine(), bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let instance_pre =
+            engine.linker().instantiate_pre(&component).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let pre = HandlerPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        Ok(Self { inner: Arc::new(Inner { engine: engine.clone(), pre, digest, size, limits: Arc::new(limits) }) })
+    }
+
+    /// `sha256:<hex>` of the component's bytes.
+    pub fn digest(&self) -> &str {
+        &self.inner.digest
+    }
+
+    /// The component's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.inner.size
+    }
+
+    /// The handler's limits.
+    pub fn limits(&self) -> &Arc<HandlerLimits> {
+        &self.inner.limits
+    }
+
+    pub(crate) fn engine(&self) -> &Arc<WasmEngine> {
+        &self.inner.engine
+    }
+
+    pub(crate) fn pre(&self) -> &HandlerPre<HostState> {
+        &self.inner.pre
+    }
+
+    /// Whether two values are the same load (not merely the same bytes).
+    pub fn same_load(&self, other: &HandlerModule) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}

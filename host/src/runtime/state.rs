@@ -1,0 +1,212 @@
+//! The data each handler instance's store holds, and the host side of the imports it calls.
+//!
+//! One [`HostState`] per instance: the WASI context (empty: no files, environment or sockets), the
+//! memory cap, the instance's limits, the producer client, and the per-record [`CallContext`] that
+//! collects the calls, events and log counts of the record being handled.
+
+use super::config::HandlerLimits;
+use crate::bindings::host_runtime::{self, Level};
+use crate::bindings::producer_api::{self, CallError as WitCallError};
+use crate::producer_api::{CallBounds, CallError, Method, ProducerClient, Request};
+use crate::record::{CallSummary, Event};
+use std::sync::Arc;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// What the host collects while one record is handled.
+#[derive(Debug, Default)]
+pub struct CallContext {
+    /// Record coordinates, for log fields, event tags and idempotency keys.
+    pub topic: String,
+    /// Partition of the record.
+    pub partition: i32,
+    /// Offset of the record.
+    pub offset: i64,
+    /// Producer calls made so far.
+    pub calls: Vec<CallSummary>,
+    /// Events published so far.
+    pub events: Vec<Event>,
+    /// Log lines written so far.
+    pub log_lines: u32,
+    /// Log lines and events dropped at a cap.
+    pub dropped: u32,
+}
+
+/// Enforces the linear-memory cap and remembers that it was hit, so a failed `memory.grow` can be
+/// reported as the `memory` outcome rather than as a generic trap.
+#[derive(Debug)]
+pub struct MemoryCap {
+    max_bytes: usize,
+    /// Set when the guest asked for more than `max_bytes`.
+    pub exceeded: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.exceeded = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// The store data of one handler instance.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// Linear-memory cap.
+    pub memory: MemoryCap,
+    limits: Arc<HandlerLimits>,
+    producer: ProducerClient,
+    /// The record being handled.
+    pub ctx: CallContext,
+}
+
+impl std::fmt::Debug for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostState").field("ctx", &self.ctx).field("memory", &self.memory).finish_non_exhaustive()
+    }
+}
+
+impl HostState {
+    /// A fresh state with an empty WASI context: no preopened directory, no environment, no
+    /// arguments, no stdin, stdout/stderr discarded, no network.
+    pub fn new(limits: Arc<HandlerLimits>, producer: ProducerClient) -> Self {
+        let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
+        let max_bytes = usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX);
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            memory: MemoryCap { max_bytes, exceeded: false },
+            limits,
+            producer,
+            ctx: CallContext::default(),
+        }
+    }
+
+    /// Starts a new record: clears what the previous one collected.
+    pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
+        self.ctx.topic.clear();
+        self.ctx.topic.push_str(topic);
+        self.ctx.partition = partition;
+        self.ctx.offset = offset;
+        self.ctx.calls.clear();
+        self.ctx.events.clear();
+        self.ctx.log_lines = 0;
+        self.ctx.dropped = 0;
+        self.memory.exceeded = false;
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl From<producer_api::Method> for Method {
+    fn from(m: producer_api::Method) -> Self {
+        match m {
+            producer_api::Method::Get => Method::Get,
+            producer_api::Method::Post => Method::Post,
+            producer_api::Method::Put => Method::Put,
+            producer_api::Method::Patch => Method::Patch,
+            producer_api::Method::Delete => Method::Delete,
+        }
+    }
+}
+
+impl From<CallError> for WitCallError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Unreachable(m) => WitCallError::Unreachable(m),
+            CallError::Timeout => WitCallError::Timeout,
+            CallError::Denied(m) => WitCallError::Denied(m),
+            CallError::TooLarge(n) => WitCallError::TooLarge(n),
+        }
+    }
+}
+
+impl producer_api::Host for HostState {
+    async fn call(&mut self, request: producer_api::Request) -> Result<producer_api::Response, WitCallError> {
+        let request =
+            Request { method: request.method.into(), path: request.path, headers: request.headers, body: request.body };
+        let mut summary = CallSummary {
+            method: request.method.as_str().to_string(),
+            path: request.path.clone(),
+            status: None,
+            error: None,
+        };
+        let result = if self.ctx.calls.len() >= self.limits.max_producer_calls as usize {
+            Err(CallError::Denied(format!(
+                "the limit of {} producer calls per record is reached",
+                self.limits.max_producer_calls
+            )))
+        } else {
+            let key =
+                format!("{}:{}:{}:{}", self.ctx.topic, self.ctx.partition, self.ctx.offset, self.ctx.calls.len() + 1);
+            let bounds = CallBounds {
+                timeout: self.limits.producer_timeout(),
+                max_request_bytes: self.limits.max_producer_request_bytes,
+                max_response_bytes: self.limits.max_producer_response_bytes,
+            };
+            self.producer.call(&request, Some(&key), bounds).await
+        };
+        match &result {
+            Ok(r) => summary.status = Some(r.status),
+            Err(e) => summary.error = Some(e.to_string()),
+        }
+        self.ctx.calls.push(summary);
+        result
+            .map(|r| producer_api::Response { status: r.status, headers: r.headers, body: r.body })
+            .map_err(Into::into)
+    }
+}
+
+impl host_runtime::Host for HostState {
+    fn log(&mut self, level: Level, mut message: String) {
+        if self.ctx.log_lines >= self.limits.max_log_lines_per_record {
+            self.ctx.dropped += 1;
+            return;
+        }
+        self.ctx.log_lines += 1;
+        let max = self.limits.max_log_line_bytes as usize;
+        if message.len() > max {
+            let cut = (0..=max).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
+            message.truncate(cut);
+            message.push('…');
+        }
+        let (topic, partition, offset) = (self.ctx.topic.as_str(), self.ctx.partition, self.ctx.offset);
+        match level {
+            Level::Trace => tracing::trace!(target: "handler", topic, partition, offset, "{message}"),
+            Level::Debug => tracing::debug!(target: "handler", topic, partition, offset, "{message}"),
+            Level::Info => tracing::info!(target: "handler", topic, partition, offset, "{message}"),
+            Level::Warn => tracing::warn!(target: "handler", topic, partition, offset, "{message}"),
+            Level::Error => tracing::error!(target: "handler", topic, partition, offset, "{message}"),
+        }
+    }
+
+    fn publish_event(&mut self, kind: String, payload: String) {
+        let too_many = self.ctx.events.len() >= self.limits.max_events_per_record as usize;
+        let too_big = payload.len() > self.limits.max_event_bytes as usize;
+        let bad_kind = kind.is_empty() || kind.len() > 128 || kind.chars().any(char::is_control);
+        if too_many || too_big || bad_kind {
+            self.ctx.dropped += 1;
+            return;
+        }
+        self.ctx.events.push(Event {
+            kind,
+            payload,
+            topic: self.ctx.topic.clone(),
+            partition: self.ctx.partition,
+            offset: self.ctx.offset,
+        });
+    }
+}
+
+impl crate::bindings::types::Host for HostState {}

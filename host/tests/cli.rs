@@ -1,0 +1,145 @@
+//! `host check` and `host invoke`, run as a handler author would: the real binary, its exit codes
+//! and its JSON line.
+
+mod support;
+
+use std::process::Output;
+use support::{StubProducer, fixture, handler};
+use tokio::process::Command;
+
+async fn host(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_host")).args(args).output().await.expect("run host")
+}
+
+fn json_line(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "exactly one line: {stdout}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+#[tokio::test]
+async fn check_accepts_a_handler_and_rejects_other_components_with_exit_2() {
+    let ok = host(&["check", handler("issued-token").to_str().expect("utf8")]).await;
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("sha256:"));
+
+    let bad = host(&["check", fixture("no-handle").to_str().expect("utf8")]).await;
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("no export `handle`"), "{stderr}");
+
+    let missing = host(&["check", "/nonexistent.wasm"]).await;
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read"));
+}
+
+#[tokio::test]
+async fn invoke_prints_the_outcome_calls_and_events_as_one_json_line() {
+    let stub = StubProducer::start().await;
+    let user = r#"{"id":"0194f3a2-7b1c-7d3e-9f00-123456789abc","name":"Ada","email":"ada@example.com","created_at":"2026-11-26T13:00:00Z"}"#;
+    let out = host(&[
+        "invoke",
+        "--handler",
+        handler("new-user-created").to_str().expect("utf8"),
+        "--topic",
+        "new-user-created",
+        "--key",
+        "k",
+        "--value",
+        user,
+        "--header",
+        "source=test",
+        "--producer-url",
+        &stub.url,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v = json_line(&out);
+    assert_eq!(v["outcome"], "ok");
+    assert_eq!(v["reason"], serde_json::Value::Null);
+    assert_eq!(v["calls"], serde_json::json!([{"method": "POST", "path": "/producer-svc/tokens", "status": 201}]));
+    assert_eq!(v["events"][0]["kind"], "user-created");
+    assert_eq!(v["events"][0]["payload"]["email"], "ada@example.com");
+    assert!(v["duration_us"].as_u64().is_some());
+}
+
+#[tokio::test]
+async fn invoke_without_a_producer_reports_retry_and_still_exits_0() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let value = dir.path().join("user.json");
+    std::fs::write(&value, r#"{"id":"0194f3a2-7b1c-7d3e-9f00-123456789abc","name":"Ada","email":"a@b.c","created_at":"2026-11-26T13:00:00Z"}"#)
+        .expect("write");
+    let out = host(&[
+        "invoke",
+        "--handler",
+        handler("new-user-created").to_str().expect("utf8"),
+        "--topic",
+        "new-user-created",
+        "--value-file",
+        value.to_str().expect("utf8"),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0));
+    let v = json_line(&out);
+    assert_eq!(v["outcome"], "retry");
+    assert!(v["reason"].as_str().expect("reason").contains("unreachable"));
+}
+
+#[tokio::test]
+async fn invoke_applies_a_limits_file_and_reports_sandbox_outcomes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = dir.path().join("t.toml");
+    std::fs::write(&limits, "call_timeout_ms = 100\nmax_memory_bytes = 4194304\n").expect("write");
+    let hostile = fixture("hostile");
+    for (key, outcome) in
+        [("loop", "timeout"), ("grow", "memory"), ("panic", "trap"), ("reject", "reject"), ("retry", "retry")]
+    {
+        let out = host(&[
+            "invoke",
+            "--handler",
+            hostile.to_str().expect("utf8"),
+            "--topic",
+            "t",
+            "--key",
+            key,
+            "--value",
+            "because",
+            "--limits",
+            limits.to_str().expect("utf8"),
+        ])
+        .await;
+        assert_eq!(out.status.code(), Some(0), "{key}: {out:?}");
+        assert_eq!(json_line(&out)["outcome"], outcome, "{key}");
+    }
+    std::fs::write(&limits, "call_timeout = 100\n").expect("write");
+    let out = host(&[
+        "invoke",
+        "--handler",
+        hostile.to_str().expect("utf8"),
+        "--topic",
+        "t",
+        "--limits",
+        limits.to_str().expect("utf8"),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `call_timeout`"));
+}
+
+#[tokio::test]
+async fn invoke_with_bad_usage_exits_2() {
+    let h = handler("issued-token");
+    let h = h.to_str().expect("utf8");
+    for args in [
+        vec!["invoke", "--handler", h],
+        vec!["invoke", "--handler", h, "--topic", "t", "--value", "a", "--value-file", "b"],
+        vec!["invoke", "--handler", h, "--topic", "t", "--header", "novalue"],
+        vec!["invoke", "--handler", h, "--topic", "t", "--attempt", "0"],
+        vec!["invoke", "--handler", h, "--topic", "t", "--producer-url", "ftp://x"],
+        vec!["invoke", "--handler", "/nonexistent.wasm", "--topic", "t"],
+    ] {
+        let out = host(&args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}

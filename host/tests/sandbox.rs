@@ -1,0 +1,298 @@
+//! The sandbox's limits and walls, proved with fixture guests that misbehave on purpose
+//! (`test-fixtures/`): every misdeed ends in a typed outcome at a bounded cost, the host lives on,
+//! and the same worker runs the next record.
+
+mod support;
+
+use host::producer_api::ProducerClient;
+use host::record::{Invocation, Outcome, Record};
+use host::runtime::{HandlerLimits, HandlerModule, InstancePolicy, LoadError, Worker};
+use std::time::{Duration, Instant};
+use support::{StubProducer, engine, fixture, handler, load, record};
+
+fn hostile_worker(limits: HandlerLimits, producer: ProducerClient) -> Worker {
+    let engine = engine();
+    Worker::new(load(&engine, &fixture("hostile"), limits), producer)
+}
+
+async fn misdeed(worker: &mut Worker, key: &str, value: &str) -> Invocation {
+    worker.invoke(&record("t", key, value)).await
+}
+
+/// The `probe` event's verdict: (escaped, detail).
+fn probe(inv: &Invocation) -> (bool, String) {
+    assert_eq!(inv.outcome, Outcome::Ok, "probe run failed: {inv:?}");
+    let event = inv.events.iter().find(|e| e.kind == "probe").expect("a probe event");
+    let v: serde_json::Value = serde_json::from_str(&event.payload).expect("json");
+    (v["escaped"].as_bool().expect("bool"), v["detail"].as_str().unwrap_or_default().to_string())
+}
+
+async fn assert_next_record_runs(worker: &mut Worker) {
+    let inv = misdeed(worker, "ok", "").await;
+    assert_eq!(inv.outcome, Outcome::Ok, "the worker must run the next record");
+}
+
+#[tokio::test]
+async fn an_infinite_loop_times_out_and_the_worker_runs_the_next_record() {
+    let limits = HandlerLimits { call_timeout_ms: 200, ..HandlerLimits::default() };
+    let mut worker = hostile_worker(limits, ProducerClient::unconfigured());
+    let started = Instant::now();
+    let inv = misdeed(&mut worker, "loop", "").await;
+    assert!(matches!(inv.outcome, Outcome::Timeout(_)), "{:?}", inv.outcome);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the loop was stopped near its 200 ms limit, took {:?}",
+        started.elapsed()
+    );
+    assert_next_record_runs(&mut worker).await;
+    assert_eq!(worker.instantiations(), 2, "the looping instance was replaced");
+}
+
+#[tokio::test]
+async fn a_slow_host_call_counts_against_the_call_time_limit() {
+    let stub = StubProducer::start().await;
+    let limits = HandlerLimits { call_timeout_ms: 300, producer_timeout_ms: 60_000, ..HandlerLimits::default() };
+    let mut worker = hostile_worker(limits, ProducerClient::new(&stub.url).expect("url"));
+    let started = Instant::now();
+    let inv = misdeed(&mut worker, "call", r#"["/slow"]"#).await;
+    assert!(matches!(inv.outcome, Outcome::Timeout(_)), "{:?}", inv.outcome);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_next_record_runs(&mut worker).await;
+}
+
+#[tokio::test]
+async fn deep_recursion_traps_and_the_worker_runs_the_next_record() {
+    let mut worker = hostile_worker(HandlerLimits::default(), ProducerClient::unconfigured());
+    let inv = misdeed(&mut worker, "recurse", "").await;
+    assert!(matches!(inv.outcome, Outcome::Trap(_)), "{:?}", inv.outcome);
+    assert_next_record_runs(&mut worker).await;
+}
+
+#[tokio::test]
+async fn memory_growth_past_the_cap_is_the_memory_outcome() {
+    let limits = HandlerLimits { max_memory_bytes: 8 * 1024 * 1024, ..HandlerLimits::default() };
+    let mut worker = hostile_worker(limits, ProducerClient::unconfigured());
+    let inv = misdeed(&mut worker, "grow", "").await;
+    match &inv.outcome {
+        Outcome::Memory(reason) => assert!(reason.contains("8388608"), "{reason}"),
+        other => panic!("expected memory, got {other:?}"),
+    }
+    assert_next_record_runs(&mut worker).await;
+}
+
+#[tokio::test]
+async fn a_huge_memory_at_start_fails_instantiation_with_the_memory_outcome() {
+    let engine = engine();
+    let module = load(&engine, &fixture("big-start"), HandlerLimits::default());
+    let mut worker = Worker::new(module, ProducerClient::unconfigured());
+    let inv = worker.invoke(&record("t", "ok", "")).await;
+    assert!(matches!(inv.outcome, Outcome::Memory(_)), "{:?}", inv.outcome);
+}
+
+#[tokio::test]
+async fn panics_and_traps_are_trap_outcomes() {
+    let mut worker = hostile_worker(HandlerLimits::default(), ProducerClient::unconfigured());
+    for key in ["panic", "trap"] {
+        let inv = misdeed(&mut worker, key, "").await;
+        match &inv.outcome {
+            Outcome::Trap(reason) => assert!(reason.contains("unreachable"), "{reason}"),
+            other => panic!("{key}: expected trap, got {other:?}"),
+        }
+        assert_next_record_runs(&mut worker).await;
+    }
+    assert_eq!(worker.instantiations(), 3);
+}
+
+#[tokio::test]
+async fn the_guest_has_no_filesystem() {
+    let mut worker = hostile_worker(HandlerLimits::default(), ProducerClient::unconfigured());
+    let (escaped, detail) = probe(&misdeed(&mut worker, "fs", "").await);
+    assert!(!escaped, "filesystem reachable: {detail}");
+}
+
+#[tokio::test]
+async fn the_guest_has_no_environment_or_arguments() {
+    // SAFETY of the assertion: this variable is in the host process's environment for sure.
+    assert!(std::env::var_os("PATH").is_some());
+    let mut worker = hostile_worker(HandlerLimits::default(), ProducerClient::unconfigured());
+    let (escaped, detail) = probe(&misdeed(&mut worker, "env", "").await);
+    assert!(!escaped, "environment visible: {detail}");
+}
+
+#[tokio::test]
+async fn the_guest_has_no_sockets_or_name_lookup() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let target = listener.local_addr().expect("addr").to_string();
+    let mut worker = hostile_worker(HandlerLimits::default(), ProducerClient::unconfigured());
+    let (escaped, detail) = probe(&misdeed(&mut worker, "net", &target).await);
+    assert!(!escaped, "network reachable: {detail}");
+    assert!(listener.accept().is_err(), "the guest connected to {target}");
+}
+
+#[tokio::test]
+async fn the_guest_reads_nothing_from_stdin() {
+    let mut worker = hostile_worker(HandlerLimits::default(), ProducerClient::unconfigured());
+    let (escaped, detail) = probe(&misdeed(&mut worker, "stdin", "").await);
+    assert!(!escaped, "stdin readable: {detail}");
+}
+
+#[tokio::test]
+async fn log_and_event_floods_are_capped_and_counted() {
+    let limits = HandlerLimits { max_log_lines_per_record: 10, max_events_per_record: 7, ..HandlerLimits::default() };
+    let mut worker = hostile_worker(limits, ProducerClient::unconfigured());
+    let inv = misdeed(&mut worker, "log-flood", "").await;
+    assert_eq!(inv.outcome, Outcome::Ok);
+    assert_eq!(inv.dropped, 100_000 - 10);
+
+    let inv = misdeed(&mut worker, "event-flood", "").await;
+    assert_eq!(inv.outcome, Outcome::Ok);
+    assert_eq!(inv.events.len(), 7);
+    assert_eq!(inv.dropped, 100_000 + 1 - 7, "the 10 MiB event is dropped too");
+}
+
+#[tokio::test]
+async fn producer_calls_per_record_are_capped() {
+    let stub = StubProducer::start().await;
+    let limits = HandlerLimits { max_producer_calls: 5, ..HandlerLimits::default() };
+    let mut worker = hostile_worker(limits, ProducerClient::new(&stub.url).expect("url"));
+    let inv = misdeed(&mut worker, "call-flood", "").await;
+    assert_eq!(inv.outcome, Outcome::Ok);
+    assert_eq!(inv.events[0].payload, "995", "calls past the cap are denied");
+    assert_eq!(stub.seen().len(), 5, "only 5 calls reached the producer");
+    let keys: Vec<_> =
+        stub.seen().iter().map(|s| s.headers["idempotency-key"].to_str().expect("ascii").to_string()).collect();
+    assert_eq!(keys, (1..=5).map(|n| format!("t:3:42:{n}")).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn producer_paths_cannot_leave_the_producer_service() {
+    let stub = StubProducer::start().await;
+    let mut worker = hostile_worker(HandlerLimits::default(), ProducerClient::new(&stub.url).expect("url"));
+    let escapes = [
+        "http://example.com/",
+        "//example.com/x",
+        "example.com/x",
+        "/../../etc/passwd",
+        "/producer-svc/../admin",
+        "/%2e%2e/admin",
+        "/a%2F..%2Fb",
+        "/%252e%252e/",
+        "/a\\..\\b",
+        "/x@example.com",
+        "/a\r\nHost: example.com",
+        "/a b",
+    ];
+    let value = serde_json::to_string(&escapes).expect("json");
+    let inv = misdeed(&mut worker, "call", &value).await;
+    assert_eq!(inv.outcome, Outcome::Ok);
+    assert_eq!(inv.events.len(), escapes.len());
+    for event in &inv.events {
+        let v: serde_json::Value = serde_json::from_str(&event.payload).expect("json");
+        assert!(v["error"].as_str().is_some_and(|e| e.starts_with("CallError::Denied(")), "not denied: {v}");
+    }
+    assert!(stub.seen().is_empty(), "nothing reached the producer: {:?}", stub.seen());
+
+    let inv = misdeed(&mut worker, "call", r#"["/producer-svc/ping-what"]"#).await;
+    let v: serde_json::Value = serde_json::from_str(&inv.events[0].payload).expect("json");
+    assert_eq!(v["status"], 200);
+    assert_eq!(stub.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn handlers_cannot_set_host_owned_or_malformed_headers() {
+    let stub = StubProducer::start().await;
+    let mut worker = hostile_worker(HandlerLimits::default(), ProducerClient::new(&stub.url).expect("url"));
+    for headers in [
+        r#"[["Host","example.com"]]"#,
+        r#"[["Idempotency-Key","forged"]]"#,
+        r#"[["x-a","b\r\nHost: example.com"]]"#,
+        r#"[["Transfer-Encoding","chunked"]]"#,
+        r#"[["Content-Length","0"]]"#,
+    ] {
+        let inv = misdeed(&mut worker, "call-headers", headers).await;
+        let v: serde_json::Value = serde_json::from_str(&inv.events[0].payload).expect("json");
+        assert!(v["error"].as_str().is_some_and(|e| e.starts_with("CallError::Denied(")), "{headers}: {v}");
+    }
+    assert!(stub.seen().is_empty());
+    let inv = misdeed(&mut worker, "call-headers", r#"[["x-trace","abc"]]"#).await;
+    assert_eq!(inv.outcome, Outcome::Ok);
+    let seen = stub.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].headers["x-trace"], "abc");
+    assert_eq!(seen[0].headers["idempotency-key"], "t:3:42:1");
+    assert_eq!(seen[0].headers["host"], stub.url.trim_start_matches("http://"));
+}
+
+#[tokio::test]
+async fn oversized_and_slow_producer_answers_are_typed_errors() {
+    let stub = StubProducer::start().await;
+    let limits =
+        HandlerLimits { producer_timeout_ms: 300, max_producer_response_bytes: 64 * 1024, ..HandlerLimits::default() };
+    let mut worker = hostile_worker(limits, ProducerClient::new(&stub.url).expect("url"));
+    let inv = misdeed(&mut worker, "call", r#"["/big", "/slow"]"#).await;
+    assert_eq!(inv.outcome, Outcome::Ok);
+    let errors: Vec<String> = inv
+        .events
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(&e.payload).expect("json")["error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(errors, vec!["CallError::TooLarge(65536)".to_string(), "CallError::Timeout".to_string()]);
+}
+
+#[tokio::test]
+async fn components_that_break_the_contract_are_rejected_naming_what_is_wrong() {
+    let engine = engine();
+    let limits = HandlerLimits::default;
+    let err = HandlerModule::load_file(&engine, &fixture("no-handle"), limits()).expect_err("no handle export");
+    assert!(matches!(err, LoadError::WrongWorld(_)) && err.to_string().contains("handle"), "{err}");
+    let err = HandlerModule::load_file(&engine, &fixture("extra-import"), limits()).expect_err("extra import");
+    assert!(err.to_string().contains("test:secrets/vault"), "{err}");
+    let err = HandlerModule::load(&engine, b"\0asm\x01\0\0\0", limits()).expect_err("core module");
+    assert!(matches!(err, LoadError::NotAComponent(_)) && err.to_string().contains("core WebAssembly module"), "{err}");
+    let err = HandlerModule::load(&engine, b"#!/bin/sh\necho hi\n", limits()).expect_err("not wasm");
+    assert!(matches!(err, LoadError::NotAComponent(_)), "{err}");
+    let bytes = std::fs::read(handler("issued-token")).expect("read");
+    let err = HandlerModule::load(&engine, &bytes[..bytes.len() / 2], limits()).expect_err("truncated");
+    assert!(matches!(err, LoadError::Invalid(_)), "{err}");
+    let err =
+        HandlerModule::load(&engine, &bytes, HandlerLimits { call_timeout_ms: 0, ..limits() }).expect_err("bad limits");
+    assert!(err.to_string().contains("call_timeout_ms"), "{err}");
+}
+
+#[tokio::test]
+async fn reuse_keeps_one_instance_fresh_makes_one_per_record() {
+    let run = |limits: HandlerLimits| async move {
+        let mut worker = hostile_worker(limits, ProducerClient::unconfigured());
+        for _ in 0..5 {
+            assert_eq!(misdeed(&mut worker, "ok", "").await.outcome, Outcome::Ok);
+        }
+        worker.instantiations()
+    };
+    assert_eq!(run(HandlerLimits::default()).await, 1);
+    assert_eq!(run(HandlerLimits { instance_policy: InstancePolicy::Fresh, ..HandlerLimits::default() }).await, 5);
+    assert_eq!(run(HandlerLimits { recycle_after_records: 2, ..HandlerLimits::default() }).await, 3);
+}
+
+#[tokio::test]
+async fn the_guest_receives_every_record_field() {
+    let mut worker = hostile_worker(HandlerLimits::default(), ProducerClient::unconfigured());
+    let mut rec: Record = record("orders", "echo", "hello");
+    rec.attempt = 4;
+    rec.headers.push(("trace".into(), b"1".to_vec()));
+    let inv = worker.invoke(&rec).await;
+    let v: serde_json::Value = serde_json::from_str(&inv.events[0].payload).expect("json");
+    assert_eq!(v["topic"], "orders");
+    assert_eq!((v["partition"].as_i64(), v["offset"].as_i64(), v["attempt"].as_u64()), (Some(3), Some(42), Some(4)));
+    assert_eq!(v["value"], "hello");
+    assert_eq!(v["headers"], serde_json::json!(["content-type", "trace"]));
+    rec.value = None;
+    let inv = worker.invoke(&rec).await;
+    let v: serde_json::Value = serde_json::from_str(&inv.events[0].payload).expect("json");
+    assert_eq!(v["tombstone"], true);
+}

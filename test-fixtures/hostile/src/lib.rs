@@ -1,0 +1,168 @@
+//! A handler that misbehaves on request: the record's key names the misdeed, the value carries
+//! its argument. Escape attempts report what happened as a `probe` event
+//! (`{"escaped":bool,"detail":...}`) and return `ok`, so a test can assert they were contained.
+
+use handler_sdk::{HandlerError, KafkaRecord, Level, Method, Request, log, producer_api, publish_event};
+use std::io::Read;
+
+struct Hostile;
+
+fn probe(escaped: bool, detail: impl std::fmt::Display) {
+    publish_event("probe", &serde_json::json!({ "escaped": escaped, "detail": detail.to_string() }).to_string());
+}
+
+fn value_str(record: &KafkaRecord) -> String {
+    String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into_owned()
+}
+
+/// Recurses until the stack runs out (the depth keeps it from being a loop the optimiser could
+/// turn into one).
+fn recurse(depth: u64, pad: &mut [u8; 256]) -> u64 {
+    pad[0] = pad[0].wrapping_add(1);
+    if depth == u64::MAX {
+        return depth;
+    }
+    recurse(depth + 1, &mut [pad[0]; 256]) + u64::from(pad[1])
+}
+
+fn call(path: &str) -> Result<producer_api::Response, producer_api::CallError> {
+    producer_api::call(&Request { method: Method::Get, path: path.to_string(), headers: vec![], body: vec![] })
+}
+
+impl handler_sdk::Guest for Hostile {
+    fn handle(record: KafkaRecord) -> Result<(), HandlerError> {
+        let key = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned();
+        match key.as_str() {
+            "ok" => Ok(()),
+            "echo" => {
+                publish_event(
+                    "record",
+                    &serde_json::json!({
+                        "topic": record.topic, "partition": record.partition, "offset": record.offset,
+                        "attempt": record.attempt, "value": value_str(&record),
+                        "headers": record.headers.iter().map(|h| h.key.clone()).collect::<Vec<_>>(),
+                        "tombstone": record.value.is_none(),
+                    })
+                    .to_string(),
+                );
+                Ok(())
+            }
+            "retry" => Err(HandlerError::Retry(value_str(&record))),
+            "reject" => Err(HandlerError::Reject(value_str(&record))),
+            "loop" => loop {
+                std::hint::black_box(0u8);
+            },
+            "recurse" => {
+                let n = recurse(0, &mut [0; 256]);
+                Err(HandlerError::Reject(format!("recursion returned {n}")))
+            }
+            "grow" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1024 * 1024]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "panic" => panic!("the hostile handler panicked on purpose"),
+            "trap" => core::arch::wasm32::unreachable(),
+            "fs" => {
+                let mut found = Vec::new();
+                for path in ["/etc/passwd", "/", ".", "/proc/self/environ"] {
+                    if let Ok(data) = std::fs::read(path) {
+                        found.push(format!("read {path}: {} bytes", data.len()));
+                    }
+                    if let Ok(dir) = std::fs::read_dir(path) {
+                        found.push(format!("listed {path}: {} entries", dir.count()));
+                    }
+                }
+                let created = std::fs::write("escape.txt", b"x").is_ok();
+                probe(!found.is_empty() || created, format!("{found:?} created={created}"));
+                Ok(())
+            }
+            "env" => {
+                let vars: Vec<_> = std::env::vars().map(|(k, _)| k).collect();
+                let args: Vec<_> = std::env::args().collect();
+                // wasi-libc reports "/" as the working directory when nothing is preopened; it
+                // names no directory the guest can open.
+                let cwd = std::env::current_dir().ok();
+                probe(!vars.is_empty() || !args.is_empty(), format!("vars={vars:?} args={args:?} cwd={cwd:?}"));
+                Ok(())
+            }
+            "net" => {
+                let target = value_str(&record);
+                let tcp = std::net::TcpStream::connect(&target);
+                let udp = std::net::UdpSocket::bind("0.0.0.0:0");
+                let dns = std::net::ToSocketAddrs::to_socket_addrs(&("localhost", 80));
+                probe(
+                    tcp.is_ok() || udp.is_ok() || dns.is_ok(),
+                    format!("tcp={:?} udp={:?} dns={:?}", tcp.err(), udp.err(), dns.err()),
+                );
+                Ok(())
+            }
+            "stdin" => {
+                let mut buf = Vec::new();
+                let read = std::io::stdin().read_to_end(&mut buf);
+                probe(!buf.is_empty(), format!("read={read:?} bytes={}", buf.len()));
+                Ok(())
+            }
+            "log-flood" => {
+                for i in 0..100_000 {
+                    log(Level::Info, &format!("flood line {i} {}", "x".repeat(10_000)));
+                }
+                Ok(())
+            }
+            "event-flood" => {
+                for i in 0..100_000 {
+                    publish_event("flood", &i.to_string());
+                }
+                publish_event("flood", &"x".repeat(10 * 1024 * 1024));
+                Ok(())
+            }
+            "call-flood" => {
+                let mut denied = 0;
+                for _ in 0..1000 {
+                    if let Err(producer_api::CallError::Denied(_)) = call("/producer-svc/ping-what") {
+                        denied += 1;
+                    }
+                }
+                publish_event("calls", &denied.to_string());
+                Ok(())
+            }
+            "call" => {
+                // The value is a JSON array of paths; each result becomes an event.
+                let paths: Vec<String> =
+                    serde_json::from_str(&value_str(&record)).map_err(|e| HandlerError::Reject(e.to_string()))?;
+                for path in paths {
+                    let result = match call(&path) {
+                        Ok(r) => {
+                            serde_json::json!({"path": path, "status": r.status, "body": String::from_utf8_lossy(&r.body)})
+                        }
+                        Err(e) => serde_json::json!({"path": path, "error": format!("{e:?}")}),
+                    };
+                    publish_event("call", &result.to_string());
+                }
+                Ok(())
+            }
+            "call-headers" => {
+                // The value is a JSON array of [name, value] pairs to send on one call.
+                let headers: Vec<(String, String)> =
+                    serde_json::from_str(&value_str(&record)).map_err(|e| HandlerError::Reject(e.to_string()))?;
+                let result = producer_api::call(&Request {
+                    method: Method::Post,
+                    path: "/echo".into(),
+                    headers,
+                    body: b"{}".to_vec(),
+                });
+                let result = match result {
+                    Ok(r) => serde_json::json!({"status": r.status, "body": String::from_utf8_lossy(&r.body)}),
+                    Err(e) => serde_json::json!({"error": format!("{e:?}")}),
+                };
+                publish_event("call", &result.to_string());
+                Ok(())
+            }
+            other => Err(HandlerError::Reject(format!("unknown misdeed {other:?}"))),
+        }
+    }
+}
+
+handler_sdk::export!(Hostile);

@@ -1,0 +1,96 @@
+//! Build helpers shared by the `cargo xtask` commands and by tests that need compiled components:
+//! the wasm32-wasip2 target check and the builds of the handler and fixture workspaces.
+
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+/// The target handlers are compiled for.
+pub const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// The repository root (the workspace that holds `xtask/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The target directory of the root workspace (`CARGO_TARGET_DIR` or `<root>/target`).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => repo_root().join("target"),
+    }
+}
+
+/// The cargo to run: the one that runs us, when there is one.
+pub fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Runs `cmd`, failing with its command line when it does not succeed.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Adds the wasm32-wasip2 target with rustup when it is not installed.
+pub fn ensure_wasm_target() -> anyhow::Result<()> {
+    let sysroot = Command::new("rustc").args(["--print", "sysroot"]).output().context("cannot run rustc")?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    if sysroot.join("lib/rustlib").join(WASM_TARGET).exists() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the {WASM_TARGET} target with rustup");
+    run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
+}
+
+/// Serialises builds started from one process (tests run in parallel threads).
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
+/// Builds the component workspace at `<root>/<workspace>` in release for wasm32-wasip2 and copies
+/// each `<crate>.wasm` to `<target>/<workspace>/<crate-name>.wasm` (underscores become hyphens).
+/// Returns that output directory.
+pub fn build_components(workspace: &str) -> anyhow::Result<PathBuf> {
+    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_wasm_target()?;
+    let root = repo_root();
+    let wasm_target_dir = target_dir().join("wasm");
+    let mut cmd = cargo();
+    cmd.current_dir(root.join(workspace))
+        .args(["build", "--release", "--target", WASM_TARGET, "--target-dir"])
+        .arg(&wasm_target_dir)
+        // Flags meant for the host build must not leak into the guest build.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET");
+    run(&mut cmd)?;
+    let built = wasm_target_dir.join(WASM_TARGET).join("release");
+    let out = target_dir().join(workspace);
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    for entry in std::fs::read_dir(&built).with_context(|| format!("cannot list {}", built.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "wasm") {
+            let name = path.file_name().map(|n| n.to_string_lossy().replace('_', "-")).unwrap_or_default();
+            let dest = out.join(name);
+            // Copy to a temporary name and rename, so a watcher never sees a half-written file.
+            let tmp = dest.with_extension("wasm.tmp");
+            std::fs::copy(&path, &tmp).with_context(|| format!("cannot copy {}", path.display()))?;
+            std::fs::rename(&tmp, &dest).with_context(|| format!("cannot write {}", dest.display()))?;
+        }
+    }
+    Ok(out)
+}
+
+/// Builds the handlers into `target/handlers/` and returns that directory.
+pub fn build_handlers() -> anyhow::Result<PathBuf> {
+    build_components("handlers")
+}
+
+/// Builds the sandbox test fixtures into `target/test-fixtures/` and returns that directory.
+pub fn build_test_fixtures() -> anyhow::Result<PathBuf> {
+    build_components("test-fixtures")
+}
