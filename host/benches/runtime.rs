@@ -1,0 +1,65 @@
+//! Per-record cost of the sandbox: one `handle` call with a 1 KiB value through a `Worker`, under
+//! the `reuse` and `fresh` instance policies, next to the same logic compiled natively and called
+//! the same way (through an async call on the same runtime). Figures go to docs/BENCHMARKS.md.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use host::producer_api::ProducerClient;
+use host::record::{Outcome, Record};
+use host::runtime::{EngineConfig, HandlerLimits, HandlerModule, InstancePolicy, WasmEngine, Worker};
+use std::hint::black_box;
+use std::sync::Arc;
+
+/// The trivial fixture's logic, natively. Keep identical to `test-fixtures/trivial`.
+async fn native_handle(record: &Record) -> Outcome {
+    let sum =
+        record.key.iter().chain(record.value.iter()).flatten().fold(0u32, |acc, b| acc.wrapping_add(u32::from(*b)));
+    if record.value.as_ref().is_none_or(Vec::is_empty) {
+        return Outcome::Reject(format!("empty value (checksum {sum})"));
+    }
+    Outcome::Ok
+}
+
+fn record() -> Record {
+    Record {
+        topic: "bench".into(),
+        partition: 0,
+        offset: 1,
+        timestamp_ms: Some(1_700_000_000_000),
+        key: Some(b"user-0001".to_vec()),
+        value: Some(vec![b'x'; 1024]),
+        headers: vec![("content-type".into(), b"application/json".to_vec())],
+        attempt: 1,
+    }
+}
+
+fn per_record(c: &mut Criterion) {
+    let fixtures = xtask::build_test_fixtures().expect("build fixtures");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let engine = Arc::new(WasmEngine::new(EngineConfig::default()).expect("engine"));
+    let path = fixtures.join("trivial.wasm");
+    let record = record();
+
+    let mut group = c.benchmark_group("handle_1KiB");
+    group.bench_function("native", |b| {
+        b.iter(|| {
+            let outcome = rt.block_on(native_handle(black_box(&record)));
+            assert_eq!(outcome, Outcome::Ok);
+        })
+    });
+    for (name, policy) in [("wasm_reuse", InstancePolicy::Reuse), ("wasm_fresh", InstancePolicy::Fresh)] {
+        let limits =
+            HandlerLimits { instance_policy: policy, recycle_after_records: u64::MAX, ..HandlerLimits::default() };
+        let module = HandlerModule::load_file(&engine, &path, limits).expect("load trivial");
+        let mut worker = Worker::new(module, ProducerClient::unconfigured());
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let inv = rt.block_on(worker.invoke(black_box(&record)));
+                assert_eq!(inv.outcome, Outcome::Ok);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, per_record);
+criterion_main!(benches);
