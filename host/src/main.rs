@@ -2,7 +2,9 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use common::env::Env;
 use host::cli::{EXIT_USAGE, check, invoke, read_limits};
+use host::config::HostConfig;
 use host::producer_api::ProducerClient;
 use host::record::Record;
 use host::runtime::HandlerLimits;
@@ -12,12 +14,21 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "host", version, about = "Kafka consumer that runs a WebAssembly component per topic")]
 struct Cli {
+    /// What to do; without one, `run`.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the consumer service (configured by environment variables; see the README).
+    Run,
+    /// Exit 0 when the local host's /healthz answers (for container health checks).
+    Healthcheck {
+        /// The port to ask (defaults to PORT, else 9000).
+        #[arg(long, env = "PORT", default_value_t = 9000)]
+        port: u16,
+    },
     /// Run one record through a handler and print a JSON line with the outcome.
     Invoke(InvokeArgs),
     /// Check that a component implements the handler contract.
@@ -74,13 +85,17 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .init();
-    let result = match cli.command {
-        Command::Invoke(args) => run_invoke(args),
-        Command::Check { file } => run_check(&file),
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => return run_service(),
+        Command::Healthcheck { port } => healthcheck(port),
+        Command::Invoke(args) => {
+            cli_logging();
+            run_invoke(args)
+        }
+        Command::Check { file } => {
+            cli_logging();
+            run_check(&file)
+        }
     };
     match result {
         Ok(code) => code,
@@ -88,6 +103,56 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(EXIT_USAGE)
         }
+    }
+}
+
+/// Handler-author tools log warnings only, to stderr, so stdout stays one JSON line.
+fn cli_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .init();
+}
+
+fn run_service() -> ExitCode {
+    let config = match HostConfig::from_env(&Env::from_process()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    common::telemetry::init(config.log_format);
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(host::service::run(config, common::shutdown::signal())));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn healthcheck(port: u16) -> anyhow::Result<ExitCode> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let timeout = std::time::Duration::from_secs(2);
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    if response.starts_with("HTTP/1.1 200") {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("unhealthy: {}", response.lines().next().unwrap_or("no answer"));
+        Ok(ExitCode::FAILURE)
     }
 }
 

@@ -89,7 +89,7 @@ async fn invoke_without_a_producer_reports_retry_and_still_exits_0() {
 async fn invoke_applies_a_limits_file_and_reports_sandbox_outcomes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let limits = dir.path().join("t.toml");
-    std::fs::write(&limits, "call_timeout_ms = 100\nmax_memory_bytes = 4194304\n").expect("write");
+    std::fs::write(&limits, "[limits]\ncall_timeout_ms = 100\nmax_memory_bytes = 4194304\n").expect("write");
     let hostile = fixture("hostile");
     for (key, outcome) in
         [("loop", "timeout"), ("grow", "memory"), ("panic", "trap"), ("reject", "reject"), ("retry", "retry")]
@@ -111,7 +111,7 @@ async fn invoke_applies_a_limits_file_and_reports_sandbox_outcomes() {
         assert_eq!(out.status.code(), Some(0), "{key}: {out:?}");
         assert_eq!(json_line(&out)["outcome"], outcome, "{key}");
     }
-    std::fs::write(&limits, "call_timeout = 100\n").expect("write");
+    std::fs::write(&limits, "[limits]\ncall_timeout = 100\n").expect("write");
     let out = host(&[
         "invoke",
         "--handler",

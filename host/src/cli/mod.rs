@@ -4,14 +4,18 @@
 pub mod check;
 pub mod invoke;
 
+use crate::config::HandlerSettings;
 use crate::runtime::HandlerLimits;
 use std::path::Path;
 
 /// Exit code for bad usage or a file that is not a valid handler.
 pub const EXIT_USAGE: u8 = 2;
 
-/// Reads a `<topic>.toml` limits file (unknown keys rejected).
+/// Reads the limits of a `<topic>.toml` handler settings file (unknown keys rejected).
 pub fn read_limits(path: &Path) -> anyhow::Result<HandlerLimits> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid handler settings in {}: {e}", path.display()))
+    HandlerSettings::default()
+        .overlay(&text)
+        .map(|s| s.limits)
+        .map_err(|e| anyhow::anyhow!("invalid handler settings in {}: {e}", path.display()))
 }

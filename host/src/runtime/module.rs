@@ -44,18 +44,19 @@ pub enum LoadError {
     Limits(#[from] InvalidLimit),
 }
 
-/// A compiled, checked, pre-instantiated handler.
+/// A compiled, checked, pre-instantiated handler with the limits it runs under.
 #[derive(Clone)]
 pub struct HandlerModule {
     inner: Arc<Inner>,
+    limits: Arc<HandlerLimits>,
 }
 
+/// The compiled part, shared by every set of limits applied to it.
 struct Inner {
     engine: Arc<WasmEngine>,
     pre: HandlerPre<HostState>,
     digest: String,
     size: u64,
-    limits: Arc<HandlerLimits>,
 }
 
 impl std::fmt::Debug for HandlerModule {
@@ -63,7 +64,7 @@ impl std::fmt::Debug for HandlerModule {
         f.debug_struct("HandlerModule")
             .field("digest", &self.inner.digest)
             .field("size", &self.inner.size)
-            .field("limits", &self.inner.limits)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -106,7 +107,13 @@ impl HandlerModule {
             engine.linker().instantiate_pre(&component).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let pre = HandlerPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
-        Ok(Self { inner: Arc::new(Inner { engine: engine.clone(), pre, digest, size, limits: Arc::new(limits) }) })
+        Ok(Self { inner: Arc::new(Inner { engine: engine.clone(), pre, digest, size }), limits: Arc::new(limits) })
+    }
+
+    /// The same compiled handler under other limits (no recompilation).
+    pub fn with_limits(&self, limits: HandlerLimits) -> Result<Self, LoadError> {
+        limits.validate(self.inner.engine.config().max_memory_bytes)?;
+        Ok(Self { inner: self.inner.clone(), limits: Arc::new(limits) })
     }
 
     /// `sha256:<hex>` of the component's bytes.
@@ -121,7 +128,7 @@ impl HandlerModule {
 
     /// The handler's limits.
     pub fn limits(&self) -> &Arc<HandlerLimits> {
-        &self.inner.limits
+        &self.limits
     }
 
     pub(crate) fn engine(&self) -> &Arc<WasmEngine> {
@@ -132,8 +139,8 @@ impl HandlerModule {
         &self.inner.pre
     }
 
-    /// Whether two values are the same load (not merely the same bytes).
+    /// Whether two values are the same load under the same limits (not merely the same bytes).
     pub fn same_load(&self, other: &HandlerModule) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
+        Arc::ptr_eq(&self.inner, &other.inner) && Arc::ptr_eq(&self.limits, &other.limits)
     }
 }

@@ -2,6 +2,8 @@
 //! stub producer service on localhost that records every request it receives.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -104,6 +106,13 @@ impl StubProducer {
             .route("/producer-svc/tokens/verify", post(verify))
             .route("/big", get(|| async { vec![b'x'; 8 * 1024 * 1024] }))
             .route(
+                "/delay",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    "done"
+                }),
+            )
+            .route(
                 "/slow",
                 get(|| async {
                     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -124,6 +133,22 @@ impl StubProducer {
     /// Changes how token issuance answers.
     pub fn set_mode(&self, mode: TokenMode) {
         *self.mode.lock().expect("lock") = mode;
+    }
+
+    /// The records handled so far, as (partition, offset), read from the Idempotency-Key
+    /// (`topic:partition:offset:n`) of every request, duplicates included.
+    pub fn handled(&self) -> Vec<(i32, i64)> {
+        self.seen()
+            .iter()
+            .filter_map(|s| {
+                let key = s.headers.get("idempotency-key")?.to_str().ok()?;
+                let mut parts = key.rsplitn(4, ':');
+                let _n = parts.next()?;
+                let offset = parts.next()?.parse().ok()?;
+                let partition = parts.next()?.parse().ok()?;
+                Some((partition, offset))
+            })
+            .collect()
     }
 
     /// Every request received so far.

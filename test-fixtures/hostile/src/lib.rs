@@ -47,6 +47,20 @@ impl handler_sdk::Guest for Hostile {
                 );
                 Ok(())
             }
+            "sleep" => {
+                // Sleeps the value's milliseconds (a slow handler), then echoes like "echo".
+                let ms: u64 = value_str(&record).parse().unwrap_or(10);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                publish_event(
+                    "record",
+                    &serde_json::json!({
+                        "topic": record.topic, "partition": record.partition, "offset": record.offset,
+                        "attempt": record.attempt, "value": value_str(&record),
+                    })
+                    .to_string(),
+                );
+                Ok(())
+            }
             "retry" => Err(HandlerError::Retry(value_str(&record))),
             "reject" => Err(HandlerError::Reject(value_str(&record))),
             "loop" => loop {

@@ -1,0 +1,300 @@
+//! The host's configuration: the environment, parsed once at start into [`HostConfig`], and each
+//! handler's settings ([`HandlerSettings`]: limits and retry policy), which are the environment's
+//! defaults overlaid with the optional `HANDLERS_DIR/<topic>.toml`.
+
+use crate::runtime::{EngineConfig, HandlerLimits, InstancePolicy};
+use common::env::{ConfigError, Env, Problems};
+use common::kafka::KafkaSettings;
+use common::telemetry::LogFormat;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How failed records are retried: in place first (order kept), then through `<topic>.retry`,
+/// then dead-lettered to `<topic>.dlq`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Handler calls per delivery before the record is handed to `<topic>.retry`.
+    pub in_place_attempts: u32,
+    /// Handler calls in all (across redeliveries) before the record is dead-lettered.
+    pub max_attempts: u32,
+    /// First in-place backoff; doubles each time, with jitter.
+    pub backoff_initial_ms: u64,
+    /// Longest in-place backoff.
+    pub backoff_max_ms: u64,
+    /// Delay before the first redelivery from `<topic>.retry`.
+    pub retry_topic_delay_ms: u64,
+    /// Factor applied to that delay on each further trip through the retry topic.
+    pub retry_topic_multiplier: u32,
+    /// Longest retry-topic delay.
+    pub retry_topic_delay_max_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            in_place_attempts: 3,
+            max_attempts: 9,
+            backoff_initial_ms: 200,
+            backoff_max_ms: 5_000,
+            retry_topic_delay_ms: 10_000,
+            retry_topic_multiplier: 5,
+            retry_topic_delay_max_ms: 600_000,
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn validate(&self) -> Result<(), String> {
+        if self.in_place_attempts == 0 || self.max_attempts == 0 {
+            return Err("retry.in_place_attempts and retry.max_attempts must be at least 1".into());
+        }
+        if self.max_attempts > 1_000 {
+            return Err("retry.max_attempts must be at most 1000".into());
+        }
+        if self.backoff_initial_ms > self.backoff_max_ms || self.backoff_max_ms > 600_000 {
+            return Err("retry backoff: need backoff_initial_ms <= backoff_max_ms <= 600000".into());
+        }
+        if self.retry_topic_delay_ms > self.retry_topic_delay_max_ms || self.retry_topic_delay_max_ms > 7 * 86_400_000 {
+            return Err("retry topic delay: need retry_topic_delay_ms <= retry_topic_delay_max_ms <= 7 days".into());
+        }
+        if self.retry_topic_multiplier == 0 {
+            return Err("retry.retry_topic_multiplier must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The in-place backoff before retry number `n` (1 = the first retry), with "equal jitter":
+    /// between half and all of the exponential delay.
+    pub fn in_place_backoff(&self, n: u32) -> Duration {
+        let exp = self.backoff_initial_ms.saturating_mul(1u64 << n.saturating_sub(1).min(30)).min(self.backoff_max_ms);
+        let half = exp / 2;
+        Duration::from_millis(half + rand::random_range(0..=exp - half))
+    }
+
+    /// The delay before the redelivery that follows `hops` earlier trips through the retry topic.
+    pub fn retry_topic_delay(&self, hops: u32) -> Duration {
+        let factor = u64::from(self.retry_topic_multiplier).saturating_pow(hops.min(32));
+        Duration::from_millis(self.retry_topic_delay_ms.saturating_mul(factor).min(self.retry_topic_delay_max_ms))
+    }
+}
+
+/// Everything configurable per handler.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HandlerSettings {
+    /// Sandbox limits and instance policy.
+    pub limits: HandlerLimits,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+}
+
+impl HandlerSettings {
+    /// `self` overlaid with the keys of a `<topic>.toml` document; unknown keys are errors.
+    pub fn overlay(&self, toml_text: &str) -> Result<Self, String> {
+        let file: toml::Table = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        let mut base = toml::Table::try_from(self).map_err(|e| e.to_string())?;
+        for (section, value) in file {
+            match (base.get_mut(&section), value) {
+                (Some(toml::Value::Table(into)), toml::Value::Table(from)) => into.extend(from),
+                (_, value) => {
+                    base.insert(section, value);
+                }
+            }
+        }
+        let merged: Self = toml::Value::Table(base).try_into().map_err(|e: toml::de::Error| e.to_string())?;
+        merged.retry.validate()?;
+        Ok(merged)
+    }
+}
+
+/// The host's validated configuration.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Kafka connection (shared with the producer).
+    pub kafka: KafkaSettings,
+    /// Consumer group.
+    pub group_id: String,
+    /// Where `<topic>.wasm` and `<topic>.toml` files live.
+    pub handlers_dir: PathBuf,
+    /// Base URL of the producer service.
+    pub producer_url: String,
+    /// HTTP port (0: any free port).
+    pub port: u16,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Defaults for every handler.
+    pub handler_defaults: HandlerSettings,
+    /// Engine-wide sandbox settings.
+    pub engine: EngineConfig,
+    /// How often `HANDLERS_DIR` is scanned for changes.
+    pub reload_interval: Duration,
+    /// How long in-flight records may take to finish at shutdown or revoke.
+    pub drain_timeout: Duration,
+    /// Records buffered per partition before the partition is paused.
+    pub partition_queue: usize,
+}
+
+/// Every variable the host reads besides the shared `KAFKA_*` ones.
+pub const VARIABLES: &[&str] = &[
+    "HANDLERS_DIR",
+    "PRODUCER_URL",
+    "PORT",
+    "LOG_FORMAT",
+    "HANDLER_CALL_TIMEOUT_MS",
+    "HANDLER_MAX_MEMORY_BYTES",
+    "HANDLER_INSTANCE_POLICY",
+    "RETRY_IN_PLACE_ATTEMPTS",
+    "RETRY_MAX_ATTEMPTS",
+    "RETRY_BACKOFF_INITIAL_MS",
+    "RETRY_BACKOFF_MAX_MS",
+    "RETRY_TOPIC_DELAY_MS",
+    "RETRY_TOPIC_DELAY_MAX_MS",
+    "WASM_MAX_INSTANCES",
+    "WASM_MAX_MEMORY_BYTES",
+    "RELOAD_INTERVAL_MS",
+    "DRAIN_TIMEOUT_MS",
+    "PARTITION_QUEUE_CAPACITY",
+];
+
+impl HostConfig {
+    /// Reads and checks the environment; reports every bad variable at once.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let mut p = Problems::default();
+        let kafka = KafkaSettings::from_env(env).map_err(|e| p.absorb(e)).ok();
+        let group_id = env.get("KAFKA_GROUP_ID").unwrap_or("wasm-host").to_string();
+        let producer_url = env.get("PRODUCER_URL").unwrap_or("http://127.0.0.1:9001").to_string();
+        if let Err(e) = crate::producer_api::ProducerClient::new(&producer_url) {
+            p.push(format!("PRODUCER_URL: {e}"));
+        }
+        let port = p.parse_in(env, "PORT", 9000u16, 0..=65535);
+        let log_format = p.parse(env, "LOG_FORMAT", LogFormat::Text);
+
+        let engine_defaults = EngineConfig::default();
+        let engine = EngineConfig {
+            max_instances: p.parse_in(env, "WASM_MAX_INSTANCES", engine_defaults.max_instances, 1..=100_000),
+            max_memory_bytes: p.parse_in(
+                env,
+                "WASM_MAX_MEMORY_BYTES",
+                engine_defaults.max_memory_bytes,
+                1 << 20..=4 << 30,
+            ),
+            ..engine_defaults
+        };
+
+        let limit_defaults = HandlerLimits::default();
+        let retry_defaults = RetryPolicy::default();
+        let instance_policy = match env.get("HANDLER_INSTANCE_POLICY") {
+            None => InstancePolicy::Reuse,
+            Some("reuse") => InstancePolicy::Reuse,
+            Some("fresh") => InstancePolicy::Fresh,
+            Some(other) => {
+                p.push(format!("HANDLER_INSTANCE_POLICY={other:?}: expected reuse or fresh"));
+                InstancePolicy::Reuse
+            }
+        };
+        let handler_defaults = HandlerSettings {
+            limits: HandlerLimits {
+                call_timeout_ms: p.parse(env, "HANDLER_CALL_TIMEOUT_MS", limit_defaults.call_timeout_ms),
+                max_memory_bytes: p.parse(env, "HANDLER_MAX_MEMORY_BYTES", limit_defaults.max_memory_bytes),
+                instance_policy,
+                ..limit_defaults
+            },
+            retry: RetryPolicy {
+                in_place_attempts: p.parse(env, "RETRY_IN_PLACE_ATTEMPTS", retry_defaults.in_place_attempts),
+                max_attempts: p.parse(env, "RETRY_MAX_ATTEMPTS", retry_defaults.max_attempts),
+                backoff_initial_ms: p.parse(env, "RETRY_BACKOFF_INITIAL_MS", retry_defaults.backoff_initial_ms),
+                backoff_max_ms: p.parse(env, "RETRY_BACKOFF_MAX_MS", retry_defaults.backoff_max_ms),
+                retry_topic_delay_ms: p.parse(env, "RETRY_TOPIC_DELAY_MS", retry_defaults.retry_topic_delay_ms),
+                retry_topic_delay_max_ms: p.parse(
+                    env,
+                    "RETRY_TOPIC_DELAY_MAX_MS",
+                    retry_defaults.retry_topic_delay_max_ms,
+                ),
+                ..retry_defaults
+            },
+        };
+        if let Err(e) = handler_defaults.limits.validate(engine.max_memory_bytes) {
+            p.push(format!("handler defaults: {e}"));
+        }
+        if let Err(e) = handler_defaults.retry.validate() {
+            p.push(format!("handler defaults: {e}"));
+        }
+        let reload_interval = Duration::from_millis(p.parse_in(env, "RELOAD_INTERVAL_MS", 250u64, 10..=60_000));
+        let drain_timeout = Duration::from_millis(p.parse_in(env, "DRAIN_TIMEOUT_MS", 10_000u64, 0..=600_000));
+        let partition_queue = p.parse_in(env, "PARTITION_QUEUE_CAPACITY", 256usize, 1..=100_000);
+        let Some(kafka) = kafka else {
+            return Err(p.finish(()).expect_err("kafka problems were recorded"));
+        };
+        p.finish(Self {
+            kafka,
+            group_id,
+            handlers_dir: PathBuf::from(env.get("HANDLERS_DIR").unwrap_or("./handlers")),
+            producer_url,
+            port,
+            log_format,
+            handler_defaults,
+            engine,
+            reload_interval,
+            drain_timeout,
+            partition_queue,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = HostConfig::from_env(&Env::default()).expect("defaults");
+        assert_eq!(c.group_id, "wasm-host");
+        assert_eq!(c.port, 9000);
+        assert_eq!(c.producer_url, "http://127.0.0.1:9001");
+        assert_eq!(c.handlers_dir, PathBuf::from("./handlers"));
+        assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+    }
+
+    #[test]
+    fn bad_values_fail_with_every_name() {
+        let env = Env::from_pairs([
+            ("PORT", "x"),
+            ("PRODUCER_URL", "ftp://nope"),
+            ("HANDLER_CALL_TIMEOUT_MS", "0"),
+            ("HANDLER_INSTANCE_POLICY", "sometimes"),
+            ("RETRY_IN_PLACE_ATTEMPTS", "0"),
+        ]);
+        let text = HostConfig::from_env(&env).expect_err("bad").to_string();
+        for needle in ["PORT", "PRODUCER_URL", "call_timeout_ms", "HANDLER_INSTANCE_POLICY", "in_place_attempts"] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+    }
+
+    #[test]
+    fn a_topic_file_overrides_some_keys_and_rejects_unknown_ones() {
+        let base = HandlerSettings::default();
+        let s = base.overlay("[limits]\ncall_timeout_ms = 100\n[retry]\nmax_attempts = 2\n").expect("valid");
+        assert_eq!(s.limits.call_timeout_ms, 100);
+        assert_eq!(s.limits.max_memory_bytes, base.limits.max_memory_bytes);
+        assert_eq!(s.retry.max_attempts, 2);
+        assert!(base.overlay("[limits]\ncall_timeout = 1\n").expect_err("unknown").contains("call_timeout"));
+        assert!(base.overlay("[limit]\n").expect_err("unknown section").contains("limit"));
+        assert!(base.overlay("[retry]\nin_place_attempts = 0\n").is_err());
+    }
+
+    #[test]
+    fn backoffs_grow_and_are_capped() {
+        let r = RetryPolicy { backoff_initial_ms: 100, backoff_max_ms: 1_000, ..RetryPolicy::default() };
+        for n in 1..=10 {
+            let d = r.in_place_backoff(n).as_millis() as u64;
+            let exp = (100u64 << (n - 1)).min(1_000);
+            assert!(d >= exp / 2 && d <= exp, "retry {n}: {d} ms outside {}..={exp}", exp / 2);
+        }
+        let r = RetryPolicy::default();
+        assert_eq!(r.retry_topic_delay(0), Duration::from_secs(10));
+        assert_eq!(r.retry_topic_delay(1), Duration::from_secs(50));
+        assert_eq!(r.retry_topic_delay(9), Duration::from_secs(600));
+    }
+}

@@ -1,0 +1,208 @@
+//! The set of handlers the host runs: per topic, the active handler (swapped whole, never edited)
+//! and its status for `/handlers`. Partition workers read the active handler before every record,
+//! so a swap takes effect between records and no record sees a half-loaded module.
+
+use crate::config::HandlerSettings;
+use crate::record::Outcome;
+use crate::runtime::HandlerModule;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::sync::watch;
+
+/// A loaded handler, ready to run.
+#[derive(Debug)]
+pub struct ActiveHandler {
+    /// The compiled component with its limits.
+    pub module: HandlerModule,
+    /// Limits and retry policy.
+    pub settings: HandlerSettings,
+    /// The file it was loaded from.
+    pub file: PathBuf,
+    /// When it was loaded, RFC 3339.
+    pub loaded_at: String,
+}
+
+/// Per-topic counters that survive handler swaps.
+#[derive(Debug, Default)]
+pub struct TopicCounters {
+    /// Handler calls by outcome: ok, retry, reject, trap, timeout, memory.
+    pub outcomes: [AtomicU64; 6],
+    /// Records dead-lettered.
+    pub dead_lettered: AtomicU64,
+    /// Records handed to the retry topic.
+    pub sent_to_retry: AtomicU64,
+    /// Successful loads.
+    pub loads: AtomicU64,
+    /// Rejected loads.
+    pub rejected_loads: AtomicU64,
+}
+
+const OUTCOMES: [&str; 6] = ["ok", "retry", "reject", "trap", "timeout", "memory"];
+
+impl TopicCounters {
+    /// Counts one handler call.
+    pub fn count(&self, outcome: &Outcome) {
+        let i = OUTCOMES.iter().position(|o| *o == outcome.label()).unwrap_or(0);
+        self.outcomes[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What `/handlers` shows for one topic.
+#[derive(Debug, Clone, Serialize)]
+pub struct HandlerStatus {
+    /// The topic.
+    pub topic: String,
+    /// `active`, `rejected` (no valid handler) or `removed`.
+    pub state: &'static str,
+    /// The handler file.
+    pub file: Option<String>,
+    /// `sha256:<hex>` of the active component.
+    pub sha256: Option<String>,
+    /// When the active component was loaded.
+    pub loaded_at: Option<String>,
+    /// The last load error, if the last load failed.
+    pub last_error: Option<String>,
+    /// When that error happened.
+    pub last_error_at: Option<String>,
+    /// Counters.
+    pub counters: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    active: Option<Arc<ActiveHandler>>,
+    removed: bool,
+    last_error: Option<(String, String)>,
+    counters: Arc<TopicCounters>,
+}
+
+/// The handler set.
+#[derive(Debug)]
+pub struct Registry {
+    slots: RwLock<BTreeMap<String, Slot>>,
+    topics: watch::Sender<Vec<String>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self { slots: RwLock::default(), topics: watch::channel(Vec::new()).0 }
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Registry {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Slot>> {
+        self.slots.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Slot>> {
+        self.slots.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn slot<'a>(slots: &'a mut BTreeMap<String, Slot>, topic: &str) -> &'a mut Slot {
+        slots.entry(topic.to_string()).or_insert_with(|| Slot {
+            active: None,
+            removed: false,
+            last_error: None,
+            counters: Arc::default(),
+        })
+    }
+
+    fn publish_topics(&self, slots: &BTreeMap<String, Slot>) {
+        let topics: Vec<String> = slots.iter().filter(|(_, s)| s.active.is_some()).map(|(t, _)| t.clone()).collect();
+        self.topics.send_if_modified(|current| {
+            let changed = *current != topics;
+            *current = topics;
+            changed
+        });
+    }
+
+    /// The active handler of `topic`.
+    pub fn get(&self, topic: &str) -> Option<Arc<ActiveHandler>> {
+        self.read().get(topic).and_then(|s| s.active.clone())
+    }
+
+    /// The counters of `topic`.
+    pub fn counters(&self, topic: &str) -> Arc<TopicCounters> {
+        if let Some(slot) = self.read().get(topic) {
+            return slot.counters.clone();
+        }
+        Self::slot(&mut self.write(), topic).counters.clone()
+    }
+
+    /// Makes `handler` the active handler of `topic`.
+    pub fn install(&self, topic: &str, handler: ActiveHandler) {
+        let mut slots = self.write();
+        let slot = Self::slot(&mut slots, topic);
+        slot.counters.loads.fetch_add(1, Ordering::Relaxed);
+        slot.active = Some(Arc::new(handler));
+        slot.removed = false;
+        slot.last_error = None;
+        self.publish_topics(&slots);
+    }
+
+    /// Records a rejected load; the active handler, if any, stays.
+    pub fn reject(&self, topic: &str, error: String) {
+        let mut slots = self.write();
+        let slot = Self::slot(&mut slots, topic);
+        slot.counters.rejected_loads.fetch_add(1, Ordering::Relaxed);
+        slot.last_error = Some((error, now()));
+    }
+
+    /// Stops `topic`: its handler file is gone.
+    pub fn remove(&self, topic: &str) {
+        let mut slots = self.write();
+        if let Some(slot) = slots.get_mut(topic) {
+            slot.active = None;
+            slot.removed = true;
+        }
+        self.publish_topics(&slots);
+    }
+
+    /// Topics with an active handler.
+    pub fn active_topics(&self) -> Vec<String> {
+        self.topics.borrow().clone()
+    }
+
+    /// Notified whenever the set of active topics changes.
+    pub fn watch_topics(&self) -> watch::Receiver<Vec<String>> {
+        self.topics.subscribe()
+    }
+
+    /// The status of every topic the host has seen a handler file for.
+    pub fn statuses(&self) -> Vec<HandlerStatus> {
+        self.read()
+            .iter()
+            .filter(|(_, s)| s.active.is_some() || s.removed || s.last_error.is_some())
+            .map(|(topic, s)| {
+                let c = &s.counters;
+                let mut counters: BTreeMap<&'static str, u64> =
+                    OUTCOMES.iter().zip(&c.outcomes).map(|(name, n)| (*name, n.load(Ordering::Relaxed))).collect();
+                counters.insert("dead_lettered", c.dead_lettered.load(Ordering::Relaxed));
+                counters.insert("sent_to_retry", c.sent_to_retry.load(Ordering::Relaxed));
+                counters.insert("loads", c.loads.load(Ordering::Relaxed));
+                counters.insert("rejected_loads", c.rejected_loads.load(Ordering::Relaxed));
+                HandlerStatus {
+                    topic: topic.clone(),
+                    state: match (&s.active, s.removed) {
+                        (Some(_), _) => "active",
+                        (None, true) => "removed",
+                        (None, false) => "rejected",
+                    },
+                    file: s.active.as_ref().map(|a| a.file.display().to_string()),
+                    sha256: s.active.as_ref().map(|a| a.module.digest().to_string()),
+                    loaded_at: s.active.as_ref().map(|a| a.loaded_at.clone()),
+                    last_error: s.last_error.as_ref().map(|e| e.0.clone()),
+                    last_error_at: s.last_error.as_ref().map(|e| e.1.clone()),
+                    counters,
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,118 @@
+//! The host's Prometheus metrics, served at `GET /metrics`: records by topic and outcome, handler
+//! duration, retries, dead-lettered records, reloads, consumer lag, in-flight records.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Topic and outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// The handler's topic.
+    pub topic: String,
+    /// `ok`, `retry`, `reject`, `trap`, `timeout`, `memory`.
+    pub outcome: String,
+}
+
+/// A topic.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    /// The handler's topic.
+    pub topic: String,
+}
+
+/// A topic and a kind of event.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// The handler's topic.
+    pub topic: String,
+    /// What happened (`in_place`, `retry_topic`; `ok`, `rejected`; a dead-letter reason class).
+    pub kind: String,
+}
+
+/// A partition.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// The Kafka topic (including `.retry` topics).
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+}
+
+/// Every metric the host exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Handler calls by outcome.
+    pub records: Family<OutcomeLabels, Counter>,
+    /// Handler call duration.
+    pub handler_seconds: Family<TopicLabels, Histogram, fn() -> Histogram>,
+    /// Retries by kind (`in_place`, `retry_topic`).
+    pub retries: Family<KindLabels, Counter>,
+    /// Records sent to `<topic>.dlq`, by why (`reject`, `exhausted`, `malformed`).
+    pub dead_lettered: Family<KindLabels, Counter>,
+    /// Handler loads by result (`ok`, `rejected`).
+    pub reloads: Family<KindLabels, Counter>,
+    /// Consumer lag per partition, from librdkafka's statistics.
+    pub consumer_lag: Family<PartitionLabels, Gauge>,
+    /// Records being handled right now.
+    pub in_flight: Gauge,
+    /// Partitions assigned to this host.
+    pub assigned_partitions: Gauge,
+    /// Events dropped because no subscriber kept up, or log lines and events dropped at caps.
+    pub dropped: Family<TopicLabels, Counter>,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new([0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0])
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("host");
+        let m = Self {
+            registry: Registry::default(),
+            records: Family::default(),
+            handler_seconds: Family::new_with_constructor(duration_histogram),
+            retries: Family::default(),
+            dead_lettered: Family::default(),
+            reloads: Family::default(),
+            consumer_lag: Family::default(),
+            in_flight: Gauge::default(),
+            assigned_partitions: Gauge::default(),
+            dropped: Family::default(),
+        };
+        registry.register("records", "Handler calls by topic and outcome", m.records.clone());
+        registry.register(
+            "handler_duration_seconds",
+            "Handler call duration, instantiation included",
+            m.handler_seconds.clone(),
+        );
+        registry.register("retries", "Retries by topic and kind (in_place, retry_topic)", m.retries.clone());
+        registry.register(
+            "dead_lettered",
+            "Records sent to the dead-letter topic, by topic and reason",
+            m.dead_lettered.clone(),
+        );
+        registry.register("reloads", "Handler loads by topic and result (ok, rejected)", m.reloads.clone());
+        registry.register("consumer_lag", "Records behind the high watermark, per partition", m.consumer_lag.clone());
+        registry.register("in_flight", "Records being handled now", m.in_flight.clone());
+        registry.register("assigned_partitions", "Partitions assigned to this host", m.assigned_partitions.clone());
+        registry.register("dropped", "Log lines and events dropped at caps or by slow subscribers", m.dropped.clone());
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!("cannot encode metrics: {e}");
+        }
+        out
+    }
+}

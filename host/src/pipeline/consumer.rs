@@ -1,0 +1,333 @@
+//! The Kafka side: one consumer polled by a dedicated thread, which follows the handler set's
+//! topics, dispatches each record to its partition's task through a bounded queue, pauses a
+//! partition whose queue is full (and resumes it when there is room), and handles rebalances:
+//! before partitions are revoked their tasks finish the record in hand and the stored offsets are
+//! committed; after partitions are assigned a task starts for each.
+
+use super::Shared;
+use super::partition::{self, PartitionWorker};
+use crate::handlers::retry_topic;
+use crate::record::Record;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, TopicPartitionList};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::error::TrySendError;
+
+type Key = (String, i32);
+
+/// Partition tasks and the records held back for paused partitions.
+#[derive(Debug, Default)]
+pub(crate) struct Partitions {
+    workers: HashMap<Key, PartitionWorker>,
+    /// Records that arrived while a partition's queue was full; the partition is paused while
+    /// this holds any. Bounded by what librdkafka had already fetched when it was paused.
+    held: HashMap<Key, VecDeque<Record>>,
+}
+
+/// The consumer's callbacks.
+pub struct HostContext {
+    shared: Arc<Shared>,
+    partitions: Arc<Mutex<Partitions>>,
+}
+
+impl std::fmt::Debug for HostContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostContext").finish_non_exhaustive()
+    }
+}
+
+impl HostContext {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Partitions> {
+        self.partitions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops the tasks of `keys` (all when `None`) after the record each has in hand, waiting up
+    /// to the drain timeout; tasks still running then are aborted (their records are not stored,
+    /// so they are redelivered).
+    fn stop_workers(&self, keys: Option<&[Key]>) {
+        let stopping: Vec<(Key, PartitionWorker)> = {
+            let mut parts = self.lock();
+            let keys: Vec<Key> = match keys {
+                Some(keys) => keys.to_vec(),
+                None => parts.workers.keys().cloned().collect(),
+            };
+            keys.iter()
+                .filter_map(|k| {
+                    parts.held.remove(k);
+                    parts.workers.remove(k).map(|w| (k.clone(), w))
+                })
+                .collect()
+        };
+        if stopping.is_empty() {
+            return;
+        }
+        let handles: Vec<_> = stopping
+            .into_iter()
+            .map(|(key, w)| {
+                let _ = w.stop.send(true);
+                (key, w.join)
+            })
+            .collect();
+        let deadline = self.shared.drain_timeout;
+        self.shared.runtime.block_on(async {
+            let started = Instant::now();
+            for (key, handle) in handles {
+                let left = deadline.saturating_sub(started.elapsed());
+                let abort = handle.abort_handle();
+                if tokio::time::timeout(left, handle).await.is_err() {
+                    tracing::warn!(
+                        topic = key.0,
+                        partition = key.1,
+                        "partition task did not finish within {deadline:?}: aborted"
+                    );
+                    abort.abort();
+                }
+            }
+        });
+        self.shared.metrics.assigned_partitions.set(self.lock().workers.len() as i64);
+    }
+}
+
+impl ClientContext for HostContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    let labels = crate::metrics::PartitionLabels { topic: topic.clone(), partition: *partition };
+                    self.shared.metrics.consumer_lag.get_or_create(&labels).set(p.consumer_lag);
+                }
+            }
+        }
+        if statistics.brokers.values().any(|b| b.state == "UP") {
+            self.shared.health.brokers_down.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.shared.health.brokers_down.store(true, Ordering::Relaxed);
+        }
+        tracing::warn!("kafka: {error}: {reason}");
+    }
+}
+
+impl ConsumerContext for HostContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let keys: Vec<Key> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+            tracing::info!(partitions = keys.len(), "partitions revoked: finishing records in hand");
+            self.stop_workers(Some(&keys));
+            commit(&self.shared, consumer, Some(&keys), "revoke");
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let mut parts = self.lock();
+                for e in tpl.elements() {
+                    let key = (e.topic().to_string(), e.partition());
+                    parts
+                        .workers
+                        .entry(key.clone())
+                        .or_insert_with(|| partition::spawn(self.shared.clone(), key.0, key.1));
+                }
+                self.shared.metrics.assigned_partitions.set(parts.workers.len() as i64);
+                self.shared.health.joined.store(true, Ordering::Relaxed);
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::error!("rebalance failed: {e}"),
+        }
+    }
+}
+
+/// Commits the stored offsets of `keys` (all when `None`) synchronously, and forgets them.
+/// Only offsets of records with a final outcome are ever committed: never the fetch position,
+/// which runs ahead of the records still queued for the partition tasks.
+fn commit(shared: &Shared, consumer: &BaseConsumer<HostContext>, keys: Option<&[Key]>, when: &str) {
+    let offsets: Vec<(Key, i64)> = {
+        let mut stored = shared.stored.lock().unwrap_or_else(|e| e.into_inner());
+        match keys {
+            Some(keys) => keys.iter().filter_map(|k| stored.remove(k).map(|o| (k.clone(), o))).collect(),
+            None => stored.drain().collect(),
+        }
+    };
+    if offsets.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), next) in &offsets {
+        if let Err(e) = tpl.add_partition_offset(topic, *partition, rdkafka::Offset::Offset(*next)) {
+            tracing::warn!(topic, partition, "cannot commit offset {next}: {e}");
+        }
+    }
+    match consumer.commit(&tpl, CommitMode::Sync) {
+        Ok(()) => tracing::debug!(partitions = offsets.len(), "offsets committed on {when}"),
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => tracing::warn!("cannot commit offsets on {when}: {e}"),
+    }
+}
+
+fn to_record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    Record {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp_ms: m.timestamp().to_millis(),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers: m
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
+            .unwrap_or_default(),
+        attempt: 1,
+    }
+}
+
+fn one(key: &Key) -> KafkaResult<TopicPartitionList> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&key.0, key.1);
+    Ok(tpl)
+}
+
+/// The consumer and its poll thread's state.
+pub(crate) struct PollLoop {
+    pub consumer: Arc<BaseConsumer<HostContext>>,
+    pub partitions: Arc<Mutex<Partitions>>,
+    pub shared: Arc<Shared>,
+}
+
+impl PollLoop {
+    /// Creates the consumer for `group_id`.
+    pub fn new(shared: Arc<Shared>, settings: &common::kafka::KafkaSettings, group_id: &str) -> KafkaResult<Self> {
+        let partitions = Arc::new(Mutex::new(Partitions::default()));
+        let mut config = settings.client_config();
+        config
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("statistics.interval.ms", "5000");
+        if config.get("queued.max.messages.kbytes").is_none() {
+            config.set("queued.max.messages.kbytes", "16384");
+        }
+        let context = HostContext { shared: shared.clone(), partitions: partitions.clone() };
+        let consumer = Arc::new(config.create_with_context::<_, BaseConsumer<HostContext>>(context)?);
+        let _ = shared.consumer.set(Arc::downgrade(&consumer));
+        Ok(Self { consumer, partitions, shared })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Partitions> {
+        self.partitions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn follow(&self, topics: &[String]) {
+        if topics.is_empty() {
+            self.consumer.unsubscribe();
+            tracing::info!("no handlers: unsubscribed");
+            return;
+        }
+        let mut all: Vec<String> = topics.to_vec();
+        all.extend(topics.iter().map(|t| retry_topic(t)));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        match self.consumer.subscribe(&refs) {
+            Ok(()) => tracing::info!(topics = ?refs, "subscribed"),
+            Err(e) => tracing::error!("cannot subscribe to {refs:?}: {e}"),
+        }
+    }
+
+    fn dispatch(&self, record: Record) {
+        let key = (record.topic.clone(), record.partition);
+        let mut parts = self.lock();
+        if let Some(held) = parts.held.get_mut(&key) {
+            held.push_back(record);
+            return;
+        }
+        let Some(worker) = parts.workers.get(&key) else {
+            tracing::debug!(
+                topic = key.0,
+                partition = key.1,
+                "record for a partition without a task: left for redelivery"
+            );
+            return;
+        };
+        match worker.tx.try_send(record) {
+            Ok(()) => {}
+            Err(TrySendError::Full(record)) => {
+                if let Err(e) = one(&key).and_then(|tpl| self.consumer.pause(&tpl)) {
+                    tracing::warn!(topic = key.0, partition = key.1, "cannot pause: {e}");
+                }
+                tracing::debug!(topic = key.0, partition = key.1, "queue full: partition paused");
+                parts.held.insert(key, VecDeque::from([record]));
+            }
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Moves held records into queues that have room; resumes partitions that are drained.
+    fn release_held(&self) {
+        let mut parts = self.lock();
+        let Partitions { workers, held } = &mut *parts;
+        held.retain(|key, queue| {
+            let Some(worker) = workers.get(key) else { return false };
+            while let Some(record) = queue.pop_front() {
+                match worker.tx.try_send(record) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(record)) => {
+                        queue.push_front(record);
+                        return true;
+                    }
+                    Err(TrySendError::Closed(_)) => return false,
+                }
+            }
+            if let Err(e) = one(key).and_then(|tpl| self.consumer.resume(&tpl)) {
+                tracing::warn!(topic = key.0, partition = key.1, "cannot resume: {e}");
+            }
+            false
+        });
+    }
+
+    /// Polls until `stop`, then drains and closes.
+    pub fn run(self, mut topics: tokio::sync::watch::Receiver<Vec<String>>, stop: tokio::sync::watch::Receiver<bool>) {
+        let initial = topics.borrow_and_update().clone();
+        self.follow(&initial);
+        let mut last_error: Option<(String, Instant)> = None;
+        while !*stop.borrow() {
+            if topics.has_changed().unwrap_or(false) {
+                let now = topics.borrow_and_update().clone();
+                self.follow(&now);
+            }
+            self.release_held();
+            match self.consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(message)) => {
+                    self.shared.health.brokers_down.store(false, Ordering::Relaxed);
+                    self.dispatch(to_record(&message));
+                }
+                Some(Err(e)) => {
+                    let text = e.to_string();
+                    let repeat =
+                        last_error.as_ref().is_some_and(|(t, at)| *t == text && at.elapsed() < Duration::from_secs(30));
+                    if !repeat {
+                        tracing::warn!("consumer: {text}");
+                        last_error = Some((text, Instant::now()));
+                    }
+                }
+            }
+        }
+        tracing::info!("stopping: finishing records in hand, then committing");
+        self.consumer.context().stop_workers(None);
+        commit(&self.shared, &self.consumer, None, "shutdown");
+        // Dropping the last reference closes the consumer: it leaves the group cleanly.
+        drop(self.consumer);
+        tracing::info!("consumer closed");
+    }
+}

@@ -1,0 +1,221 @@
+//! The headers the host adds to records it sends to `<topic>.retry` and `<topic>.dlq`, and the
+//! parsing of retry records back into the record the handler first saw.
+
+use crate::handlers::RETRY_SUFFIX;
+use crate::record::Record;
+
+/// Prefix of every retry bookkeeping header; stripped before a handler sees the record.
+pub const RETRY_PREFIX: &str = "x-retry-";
+/// Original topic.
+pub const RETRY_TOPIC: &str = "x-retry-topic";
+/// Original partition.
+pub const RETRY_PARTITION: &str = "x-retry-partition";
+/// Original offset.
+pub const RETRY_OFFSET: &str = "x-retry-offset";
+/// Original timestamp (ms), when the record had one.
+pub const RETRY_TIMESTAMP: &str = "x-retry-timestamp";
+/// The attempt number of the next delivery.
+pub const RETRY_ATTEMPT: &str = "x-retry-attempt";
+/// Trips through the retry topic so far, this one included.
+pub const RETRY_HOPS: &str = "x-retry-hops";
+/// Not to be delivered before this time (ms since the Unix epoch).
+pub const RETRY_NOT_BEFORE: &str = "x-retry-not-before";
+/// The last error.
+pub const RETRY_ERROR: &str = "x-retry-error";
+
+/// Prefix of every dead-letter header.
+pub const DLQ_PREFIX: &str = "x-dlq-";
+
+/// A record read back from a retry topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryDelivery {
+    /// The record as the handler first saw it, with the next attempt number.
+    pub record: Record,
+    /// Trips through the retry topic so far.
+    pub hops: u32,
+    /// Earliest delivery time, ms since the Unix epoch.
+    pub not_before_ms: i64,
+}
+
+fn header<'a>(record: &'a Record, name: &str) -> Result<&'a str, String> {
+    let value = record
+        .headers
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+        .ok_or_else(|| format!("missing header {name}"))?;
+    std::str::from_utf8(value).map_err(|_| format!("header {name} is not UTF-8"))
+}
+
+fn number<T: std::str::FromStr>(record: &Record, name: &str) -> Result<T, String> {
+    let text = header(record, name)?;
+    text.parse().map_err(|_| format!("header {name}={text:?} is not a number"))
+}
+
+/// Reads a record from `<topic>.retry` back into the original record.
+pub fn parse_retry(record: Record) -> Result<RetryDelivery, String> {
+    let topic = header(&record, RETRY_TOPIC)?.to_string();
+    if format!("{topic}{RETRY_SUFFIX}") != record.topic {
+        return Err(format!("header {RETRY_TOPIC}={topic:?} does not match the retry topic {:?}", record.topic));
+    }
+    let partition = number(&record, RETRY_PARTITION)?;
+    let offset = number(&record, RETRY_OFFSET)?;
+    let attempt: u32 = number(&record, RETRY_ATTEMPT)?;
+    if attempt < 2 {
+        return Err(format!("header {RETRY_ATTEMPT}={attempt} must be at least 2"));
+    }
+    let hops = number(&record, RETRY_HOPS)?;
+    let not_before_ms = number(&record, RETRY_NOT_BEFORE)?;
+    let timestamp_ms = match header(&record, RETRY_TIMESTAMP) {
+        Ok(_) => Some(number(&record, RETRY_TIMESTAMP)?),
+        Err(_) => None,
+    };
+    let headers = record.headers.into_iter().filter(|(k, _)| !k.starts_with(RETRY_PREFIX)).collect();
+    Ok(RetryDelivery {
+        record: Record {
+            topic,
+            partition,
+            offset,
+            timestamp_ms,
+            key: record.key,
+            value: record.value,
+            headers,
+            attempt,
+        },
+        hops,
+        not_before_ms,
+    })
+}
+
+/// The headers of a record sent to the retry topic: the original ones plus bookkeeping.
+pub fn retry_headers(
+    record: &Record,
+    next_attempt: u32,
+    hops: u32,
+    not_before_ms: i64,
+    error: &str,
+) -> Vec<(String, Vec<u8>)> {
+    let mut headers: Vec<(String, Vec<u8>)> =
+        record.headers.iter().filter(|(k, _)| !k.starts_with(RETRY_PREFIX)).cloned().collect();
+    let mut add = |k: &str, v: String| headers.push((k.to_string(), v.into_bytes()));
+    add(RETRY_TOPIC, record.topic.clone());
+    add(RETRY_PARTITION, record.partition.to_string());
+    add(RETRY_OFFSET, record.offset.to_string());
+    if let Some(ts) = record.timestamp_ms {
+        add(RETRY_TIMESTAMP, ts.to_string());
+    }
+    add(RETRY_ATTEMPT, next_attempt.to_string());
+    add(RETRY_HOPS, hops.to_string());
+    add(RETRY_NOT_BEFORE, not_before_ms.to_string());
+    add(RETRY_ERROR, truncate(error));
+    headers
+}
+
+/// Why a record is dead-lettered.
+#[derive(Debug, Clone)]
+pub struct DeadLetter<'a> {
+    /// `reject`, `exhausted` or `malformed`.
+    pub cause: &'static str,
+    /// The last outcome's label (`reject`, `retry`, `trap`, …).
+    pub outcome: &'a str,
+    /// The reason text.
+    pub reason: &'a str,
+    /// Handler calls made.
+    pub attempts: u32,
+    /// Digest of the handler that made the last call, if one did.
+    pub digest: Option<&'a str>,
+}
+
+/// The headers of a dead-lettered record: the original ones plus why, where from, and by whom.
+pub fn dlq_headers(record: &Record, dead: &DeadLetter<'_>) -> Vec<(String, Vec<u8>)> {
+    let mut headers: Vec<(String, Vec<u8>)> = record
+        .headers
+        .iter()
+        .filter(|(k, _)| !k.starts_with(RETRY_PREFIX) && !k.starts_with(DLQ_PREFIX))
+        .cloned()
+        .collect();
+    let mut add = |k: &str, v: String| headers.push((k.to_string(), v.into_bytes()));
+    add("x-dlq-cause", dead.cause.to_string());
+    add("x-dlq-outcome", dead.outcome.to_string());
+    add("x-dlq-reason", truncate(dead.reason));
+    add("x-dlq-attempts", dead.attempts.to_string());
+    add("x-dlq-topic", record.topic.clone());
+    add("x-dlq-partition", record.partition.to_string());
+    add("x-dlq-offset", record.offset.to_string());
+    add("x-dlq-handler-digest", dead.digest.unwrap_or("none").to_string());
+    add("x-dlq-at", chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    headers
+}
+
+/// Header values are kept under 4 KiB.
+fn truncate(text: &str) -> String {
+    const MAX: usize = 4096;
+    if text.len() <= MAX {
+        return text.to_string();
+    }
+    let cut = (0..=MAX).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    format!("{}…", &text[..cut])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn original() -> Record {
+        Record {
+            topic: "orders".into(),
+            partition: 2,
+            offset: 40,
+            timestamp_ms: Some(1_700_000_000_000),
+            key: Some(b"k".to_vec()),
+            value: Some(b"v".to_vec()),
+            headers: vec![("trace".into(), b"1".to_vec())],
+            attempt: 3,
+        }
+    }
+
+    #[test]
+    fn a_retry_record_reads_back_as_the_original_with_the_next_attempt() {
+        let rec = original();
+        let on_retry_topic = Record {
+            topic: "orders.retry".into(),
+            partition: 0,
+            offset: 7,
+            headers: retry_headers(&rec, 4, 1, 123, "boom"),
+            attempt: 1,
+            ..rec.clone()
+        };
+        let back = parse_retry(on_retry_topic).expect("parse");
+        assert_eq!(back.record, Record { attempt: 4, ..rec });
+        assert_eq!((back.hops, back.not_before_ms), (1, 123));
+    }
+
+    #[test]
+    fn malformed_retry_records_are_errors_naming_the_header() {
+        let mut rec = original();
+        rec.topic = "orders.retry".into();
+        assert!(parse_retry(rec.clone()).expect_err("no headers").contains(RETRY_TOPIC));
+        rec.headers = retry_headers(&original(), 4, 1, 123, "x");
+        rec.headers.retain(|(k, _)| k != RETRY_OFFSET);
+        assert!(parse_retry(rec.clone()).expect_err("no offset").contains(RETRY_OFFSET));
+        rec.headers = retry_headers(&Record { topic: "other".into(), ..original() }, 4, 1, 123, "x");
+        assert!(parse_retry(rec).expect_err("wrong topic").contains("does not match"));
+    }
+
+    #[test]
+    fn dead_letters_keep_the_original_headers_and_say_why() {
+        let rec = original();
+        let h = dlq_headers(
+            &rec,
+            &DeadLetter { cause: "reject", outcome: "reject", reason: "bad", attempts: 3, digest: Some("sha256:ab") },
+        );
+        let get = |k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        assert_eq!(get("trace").as_deref(), Some("1"));
+        assert_eq!(get("x-dlq-reason").as_deref(), Some("bad"));
+        assert_eq!(get("x-dlq-topic").as_deref(), Some("orders"));
+        assert_eq!(get("x-dlq-offset").as_deref(), Some("40"));
+        assert_eq!(get("x-dlq-handler-digest").as_deref(), Some("sha256:ab"));
+        assert_eq!(truncate(&"x".repeat(10_000)).len(), 4096 + '…'.len_utf8());
+    }
+}

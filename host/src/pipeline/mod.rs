@@ -1,0 +1,139 @@
+//! The consumer pipeline: Kafka records in, handler outcomes out. [`consumer`] polls Kafka and
+//! owns rebalances and backpressure; [`partition`] runs one task per assigned partition;
+//! [`deliver`] sends to the retry and dead-letter topics; [`headers`] defines their headers.
+
+pub mod consumer;
+pub mod deliver;
+pub mod headers;
+pub mod partition;
+
+use crate::events::EventHub;
+use crate::handlers::Registry;
+use crate::metrics::Metrics;
+use crate::producer_api::ProducerClient;
+use consumer::HostContext;
+use rdkafka::consumer::BaseConsumer;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// What `/readyz` reads.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The consumer joined its group (received an assignment).
+    pub joined: AtomicBool,
+    /// librdkafka reported every broker down and none has answered since.
+    pub brokers_down: AtomicBool,
+}
+
+/// What the consumer thread and the partition tasks share.
+pub struct Shared {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) events: EventHub,
+    pub(crate) producer_client: ProducerClient,
+    pub(crate) deliverer: deliver::Deliverer,
+    pub(crate) consumer: OnceLock<Weak<BaseConsumer<HostContext>>>,
+    /// The next offset to commit per partition: one past the last record whose outcome is
+    /// final. Explicit commits (revoke, shutdown) commit exactly these, never the fetch position.
+    pub(crate) stored: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
+    pub(crate) health: Arc<Health>,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) queue_capacity: usize,
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
+impl Shared {
+    /// Records that every record of `topic`/`partition` before `next` has a final outcome.
+    pub(crate) fn store_offset(&self, topic: &str, partition: i32, next: i64) {
+        self.stored.lock().unwrap_or_else(|e| e.into_inner()).insert((topic.to_string(), partition), next);
+        // librdkafka's `rd_kafka_offset_store` takes the record's own offset and stores one
+        // past it for the next (auto-)commit.
+        if let Some(consumer) = self.consumer.get().and_then(Weak::upgrade)
+            && let Err(e) = rdkafka::consumer::Consumer::store_offset(&*consumer, topic, partition, next - 1)
+        {
+            tracing::debug!(topic, partition, next, "offset not stored (partition no longer assigned?): {e}");
+        }
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("health", &self.health)
+            .field("queue_capacity", &self.queue_capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything the pipeline needs from the rest of the host.
+#[derive(Debug, Clone)]
+pub struct PipelineDeps {
+    /// Kafka settings.
+    pub kafka: common::kafka::KafkaSettings,
+    /// Consumer group.
+    pub group_id: String,
+    /// The handler set.
+    pub registry: Arc<Registry>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Event stream.
+    pub events: EventHub,
+    /// Producer-API client given to handlers.
+    pub producer_client: ProducerClient,
+    /// Readiness flags.
+    pub health: Arc<Health>,
+    /// Time allowed to finish records in hand at revoke and shutdown.
+    pub drain_timeout: Duration,
+    /// Per-partition queue length before pausing.
+    pub queue_capacity: usize,
+}
+
+/// A running pipeline.
+#[derive(Debug)]
+pub struct Pipeline {
+    stop: watch::Sender<bool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Why the pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the Kafka consumer: {0}")]
+pub struct StartError(#[from] rdkafka::error::KafkaError);
+
+impl Pipeline {
+    /// Starts consuming the registry's topics. Must be called within a tokio runtime.
+    pub fn start(deps: PipelineDeps) -> Result<Self, StartError> {
+        let shared = Arc::new(Shared {
+            deliverer: deliver::Deliverer::new(&deps.kafka)?,
+            registry: deps.registry.clone(),
+            metrics: deps.metrics,
+            events: deps.events,
+            producer_client: deps.producer_client,
+            consumer: OnceLock::new(),
+            stored: std::sync::Mutex::default(),
+            health: deps.health,
+            drain_timeout: deps.drain_timeout,
+            queue_capacity: deps.queue_capacity,
+            runtime: tokio::runtime::Handle::current(),
+        });
+        let poll = consumer::PollLoop::new(shared, &deps.kafka, &deps.group_id)?;
+        let (stop, stop_rx) = watch::channel(false);
+        let topics = deps.registry.watch_topics();
+        let thread = std::thread::Builder::new()
+            .name("kafka-consumer".into())
+            .spawn(move || poll.run(topics, stop_rx))
+            .map_err(|e| StartError(rdkafka::error::KafkaError::ClientCreation(e.to_string())))?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Stops fetching, lets records in hand finish (bounded), commits, leaves the group.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let thread = self.thread;
+        if tokio::task::spawn_blocking(move || thread.join()).await.is_err() {
+            tracing::error!("the consumer thread panicked");
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! One task per assigned partition: takes the partition's records in offset order, runs each
+//! through the topic's handler with in-place retries, hands failures on to the retry or
+//! dead-letter topic, and stores the record's offset only once its outcome is final.
+
+use super::Shared;
+use super::deliver::Sent;
+use super::headers::{DeadLetter, dlq_headers, parse_retry, retry_headers};
+use crate::handlers::{RETRY_SUFFIX, dlq_topic, retry_topic};
+use crate::metrics::{KindLabels, OutcomeLabels, TopicLabels};
+use crate::record::{Outcome, Record};
+use crate::runtime::Worker;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+/// The handle the consumer keeps for a partition's task.
+#[derive(Debug)]
+pub(crate) struct PartitionWorker {
+    /// Records in offset order (bounded: when full, the partition is paused).
+    pub tx: mpsc::Sender<Record>,
+    /// Set to stop after the record in hand.
+    pub stop: watch::Sender<bool>,
+    /// The task.
+    pub join: JoinHandle<()>,
+}
+
+/// Whether a record's handling ended (offset may be stored) or was abandoned (it will be
+/// redelivered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Done {
+    Final,
+    Abandoned,
+}
+
+/// Starts the task for `topic`/`partition`.
+pub(crate) fn spawn(shared: Arc<Shared>, topic: String, partition: i32) -> PartitionWorker {
+    let (tx, rx) = mpsc::channel(shared.queue_capacity);
+    let (stop, stop_rx) = watch::channel(false);
+    let join = shared.runtime.spawn(run(shared.clone(), topic, partition, rx, stop_rx));
+    PartitionWorker { tx, stop, join }
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    topic: String,
+    partition: i32,
+    mut rx: mpsc::Receiver<Record>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (handler_topic, from_retry_topic) = match topic.strip_suffix(RETRY_SUFFIX) {
+        Some(base) => (base.to_string(), true),
+        None => (topic.clone(), false),
+    };
+    let mut worker: Option<Worker> = None;
+    tracing::debug!(topic, partition, "partition worker started");
+    loop {
+        let record = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            r = rx.recv() => match r { Some(r) => r, None => break },
+        };
+        let offset = record.offset;
+        let span = tracing::info_span!("record", topic = %topic, partition, offset);
+        let done =
+            handle(&shared, &mut worker, &handler_topic, from_retry_topic, record, &mut stop).instrument(span).await;
+        if done == Done::Abandoned {
+            break;
+        }
+        shared.store_offset(&topic, partition, offset + 1);
+    }
+    tracing::debug!(topic, partition, "partition worker stopped");
+}
+
+/// Handles one record to a final outcome, or abandons it when told to stop.
+async fn handle(
+    shared: &Shared,
+    worker: &mut Option<Worker>,
+    handler_topic: &str,
+    from_retry_topic: bool,
+    record: Record,
+    stop: &mut watch::Receiver<bool>,
+) -> Done {
+    let (mut record, hops) = if from_retry_topic {
+        match parse_retry(record.clone()) {
+            Ok(delivery) => {
+                let wait_ms = delivery.not_before_ms - chrono::Utc::now().timestamp_millis();
+                if wait_ms > 0 && !sleep_unless_stopped(Duration::from_millis(wait_ms as u64), stop).await {
+                    return Done::Abandoned;
+                }
+                (delivery.record, delivery.hops)
+            }
+            Err(reason) => {
+                let reason = format!("malformed retry record: {reason}");
+                tracing::warn!("{reason}");
+                let dead =
+                    DeadLetter { cause: "malformed", outcome: "malformed", reason: &reason, attempts: 0, digest: None };
+                return dead_letter(shared, handler_topic, &record, &dead, stop).await;
+            }
+        }
+    } else {
+        (record, 0)
+    };
+
+    let counters = shared.registry.counters(handler_topic);
+    let mut in_place = 0u32;
+    loop {
+        let Some(handler) = shared.registry.get(handler_topic) else {
+            tracing::info!("no handler for {handler_topic} any more; leaving the record for redelivery");
+            return Done::Abandoned;
+        };
+        match worker {
+            Some(w) if w.module().same_load(&handler.module) => {}
+            Some(w) => w.swap(handler.module.clone()),
+            None => *worker = Some(Worker::new(handler.module.clone(), shared.producer_client.clone())),
+        }
+        let Some(w) = worker.as_mut() else { return Done::Abandoned };
+
+        shared.metrics.in_flight.inc();
+        let invocation = w.invoke(&record).await;
+        shared.metrics.in_flight.dec();
+
+        let outcome = invocation.outcome;
+        let topic_label = TopicLabels { topic: handler_topic.to_string() };
+        shared
+            .metrics
+            .records
+            .get_or_create(&OutcomeLabels { topic: handler_topic.to_string(), outcome: outcome.label().to_string() })
+            .inc();
+        shared.metrics.handler_seconds.get_or_create(&topic_label).observe(invocation.duration.as_secs_f64());
+        if invocation.dropped > 0 {
+            shared.metrics.dropped.get_or_create(&topic_label).inc_by(u64::from(invocation.dropped));
+        }
+        counters.count(&outcome);
+        let digest = handler.module.digest();
+        let policy = &handler.settings.retry;
+        match &outcome {
+            Outcome::Ok => {
+                tracing::debug!(attempt = record.attempt, us = invocation.duration.as_micros() as u64, "ok");
+                shared.events.publish(invocation.events);
+                return Done::Final;
+            }
+            Outcome::Reject(reason) => {
+                tracing::info!(attempt = record.attempt, "rejected: {reason}");
+                let dead = DeadLetter {
+                    cause: "reject",
+                    outcome: "reject",
+                    reason,
+                    attempts: record.attempt,
+                    digest: Some(digest),
+                };
+                return dead_letter(shared, handler_topic, &record, &dead, stop).await;
+            }
+            retryable => {
+                let reason = retryable.reason().unwrap_or_default();
+                if record.attempt >= policy.max_attempts {
+                    tracing::warn!(
+                        attempt = record.attempt,
+                        "giving up after {} attempts: {} {reason}",
+                        record.attempt,
+                        retryable.label()
+                    );
+                    let dead = DeadLetter {
+                        cause: "exhausted",
+                        outcome: retryable.label(),
+                        reason,
+                        attempts: record.attempt,
+                        digest: Some(digest),
+                    };
+                    return dead_letter(shared, handler_topic, &record, &dead, stop).await;
+                }
+                in_place += 1;
+                if in_place < policy.in_place_attempts {
+                    let backoff = policy.in_place_backoff(in_place);
+                    tracing::info!(
+                        attempt = record.attempt,
+                        "{}: {reason}; retrying in place in {backoff:?}",
+                        retryable.label()
+                    );
+                    shared
+                        .metrics
+                        .retries
+                        .get_or_create(&KindLabels { topic: handler_topic.to_string(), kind: "in_place".into() })
+                        .inc();
+                    if !sleep_unless_stopped(backoff, stop).await {
+                        return Done::Abandoned;
+                    }
+                    record.attempt += 1;
+                    continue;
+                }
+                let delay = policy.retry_topic_delay(hops);
+                let not_before = chrono::Utc::now().timestamp_millis() + delay.as_millis() as i64;
+                let headers = retry_headers(
+                    &record,
+                    record.attempt + 1,
+                    hops + 1,
+                    not_before,
+                    &format!("{}: {reason}", retryable.label()),
+                );
+                tracing::info!(
+                    attempt = record.attempt,
+                    "{}: {reason}; redelivering through the retry topic in {delay:?}",
+                    retryable.label()
+                );
+                return match shared.deliverer.send(&retry_topic(handler_topic), &record, &headers, stop).await {
+                    Sent::Acknowledged => {
+                        shared
+                            .metrics
+                            .retries
+                            .get_or_create(&KindLabels { topic: handler_topic.to_string(), kind: "retry_topic".into() })
+                            .inc();
+                        counters.sent_to_retry.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Done::Final
+                    }
+                    Sent::Abandoned => Done::Abandoned,
+                };
+            }
+        }
+    }
+}
+
+async fn dead_letter(
+    shared: &Shared,
+    handler_topic: &str,
+    record: &Record,
+    dead: &DeadLetter<'_>,
+    stop: &mut watch::Receiver<bool>,
+) -> Done {
+    let headers = dlq_headers(record, dead);
+    match shared.deliverer.send(&dlq_topic(handler_topic), record, &headers, stop).await {
+        Sent::Acknowledged => {
+            shared
+                .metrics
+                .dead_lettered
+                .get_or_create(&KindLabels { topic: handler_topic.to_string(), kind: dead.cause.to_string() })
+                .inc();
+            shared.registry.counters(handler_topic).dead_lettered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Done::Final
+        }
+        Sent::Abandoned => Done::Abandoned,
+    }
+}
+
+/// Sleeps `d`; false when told to stop first.
+async fn sleep_unless_stopped(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => false,
+        () = tokio::time::sleep(d) => true,
+    }
+}

@@ -1,0 +1,148 @@
+//! The consumer service assembled: handlers loaded from `HANDLERS_DIR` and watched, the Kafka
+//! pipeline, the retry/dead-letter topics ensured, and the HTTP API; one shutdown path for all.
+
+use crate::config::HostConfig;
+use crate::events::EventHub;
+use crate::handlers::{Loader, Registry, dlq_topic, retry_topic};
+use crate::http::{ApiState, router};
+use crate::metrics::Metrics;
+use crate::pipeline::{Health, Pipeline, PipelineDeps};
+use crate::producer_api::ProducerClient;
+use crate::runtime::WasmEngine;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A running host.
+#[derive(Debug)]
+pub struct Running {
+    /// Where the HTTP API listens.
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    pipeline: Pipeline,
+    server: JoinHandle<std::io::Result<()>>,
+    loader: JoinHandle<()>,
+    topics: JoinHandle<()>,
+}
+
+/// Starts the host: loads handlers, starts consuming, serves HTTP.
+pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
+    anyhow::ensure!(
+        config.handlers_dir.is_dir(),
+        "HANDLERS_DIR {} is not a directory (create it and put <topic>.wasm files in it)",
+        config.handlers_dir.display()
+    );
+    let engine = Arc::new(WasmEngine::new(config.engine.clone())?);
+    let registry = Arc::new(Registry::default());
+    let metrics = Arc::new(Metrics::default());
+    let events = EventHub::default();
+    let health = Arc::new(Health::default());
+    let producer = ProducerClient::new(&config.producer_url)?;
+    let (stop, stop_rx) = watch::channel(false);
+
+    let mut loader = Loader::new(
+        config.handlers_dir.clone(),
+        engine,
+        config.handler_defaults.clone(),
+        registry.clone(),
+        metrics.clone(),
+    );
+    loader.scan(false).await.with_context(|| format!("cannot read HANDLERS_DIR {}", config.handlers_dir.display()))?;
+    tracing::info!(topics = ?registry.active_topics(), dir = %config.handlers_dir.display(), "handlers loaded");
+    let loader = tokio::spawn(loader.run(config.reload_interval, stop_rx.clone()));
+    let topics = tokio::spawn(ensure_topics(config.kafka.clone(), registry.watch_topics(), stop_rx.clone()));
+
+    let pipeline = Pipeline::start(PipelineDeps {
+        kafka: config.kafka.clone(),
+        group_id: config.group_id.clone(),
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        events: events.clone(),
+        producer_client: producer.clone(),
+        health: health.clone(),
+        drain_timeout: config.drain_timeout,
+        queue_capacity: config.partition_queue,
+    })?;
+
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port))
+        .await
+        .with_context(|| format!("cannot listen on port {}", config.port))?;
+    let addr = listener.local_addr()?;
+    let app = router(ApiState { registry, metrics, events, producer, health, shutdown: stop_rx.clone() });
+    let mut server_stop = stop_rx;
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    tracing::info!(%addr, group = config.group_id, brokers = config.kafka.brokers, "host started");
+    Ok(Running { addr, stop, pipeline, server, loader, topics })
+}
+
+impl Running {
+    /// Stops fetching, finishes or abandons records in hand (bounded by `DRAIN_TIMEOUT_MS`),
+    /// commits, leaves the group, and stops serving.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.pipeline.shutdown().await;
+        for task in [self.loader, self.topics] {
+            let _ = task.await;
+        }
+        match self.server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("HTTP server error: {e}"),
+            Err(e) => tracing::error!("HTTP server task failed: {e}"),
+        }
+        tracing::info!("host stopped");
+    }
+}
+
+/// Runs until `signal` resolves, then shuts down gracefully.
+pub async fn run(config: HostConfig, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    signal.await;
+    running.shutdown().await;
+    Ok(())
+}
+
+/// Creates each handler topic's topic, retry topic and dead-letter topic when missing, whenever
+/// the handler set changes; retries until the broker answers.
+async fn ensure_topics(
+    kafka: common::kafka::KafkaSettings,
+    mut topics: watch::Receiver<Vec<String>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let wanted: Vec<String> =
+            topics.borrow_and_update().iter().flat_map(|t| [t.clone(), retry_topic(t), dlq_topic(t)]).collect();
+        let mut delay = Duration::from_millis(500);
+        while !wanted.is_empty() {
+            let refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
+            match common::topics::ensure_topics(&kafka, &refs, Duration::from_secs(10)).await {
+                Ok(created) => {
+                    if !created.is_empty() {
+                        tracing::info!(?created, "created topics");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!("cannot ensure topics yet: {e}; retrying in {delay:?}");
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            changed = topics.changed() => if changed.is_err() { return },
+        }
+    }
+}
