@@ -170,7 +170,7 @@ async fn a_restarted_host_resumes_from_committed_offsets_and_handles_every_recor
     const N: usize = 60;
     for i in 0..N {
         // Each record makes one 20 ms producer call; the stub's log is the record of what ran.
-        produce(&p, "orders", (i % PARTITIONS as usize) as i32, "call", r#"["/delay"]"#, &[]).await;
+        produce(&p, "orders", (i % PARTITIONS as usize) as i32, "call", r#"["/delay/20"]"#, &[]).await;
     }
     let first = start_host(host_env(&mock, dir.path(), &group, &env)).await;
     wait_until(Duration::from_secs(30), || stub.handled().len() >= 15).await;

@@ -106,9 +106,9 @@ impl StubProducer {
             .route("/producer-svc/tokens/verify", post(verify))
             .route("/big", get(|| async { vec![b'x'; 8 * 1024 * 1024] }))
             .route(
-                "/delay",
-                get(|| async {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                "/delay/{ms}",
+                get(|axum::extract::Path(ms): axum::extract::Path<u64>| async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
                     "done"
                 }),
             )
