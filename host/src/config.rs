@@ -132,8 +132,6 @@ pub struct HostConfig {
     pub reload_interval: Duration,
     /// How long in-flight records may take to finish at shutdown or revoke.
     pub drain_timeout: Duration,
-    /// Records buffered per partition before the partition is paused.
-    pub partition_queue: usize,
 }
 
 /// Every variable the host reads besides the shared `KAFKA_*` ones.
@@ -155,7 +153,6 @@ pub const VARIABLES: &[&str] = &[
     "WASM_MAX_MEMORY_BYTES",
     "RELOAD_INTERVAL_MS",
     "DRAIN_TIMEOUT_MS",
-    "PARTITION_QUEUE_CAPACITY",
 ];
 
 impl HostConfig {
@@ -223,7 +220,6 @@ impl HostConfig {
         }
         let reload_interval = Duration::from_millis(p.parse_in(env, "RELOAD_INTERVAL_MS", 250u64, 10..=60_000));
         let drain_timeout = Duration::from_millis(p.parse_in(env, "DRAIN_TIMEOUT_MS", 10_000u64, 0..=600_000));
-        let partition_queue = p.parse_in(env, "PARTITION_QUEUE_CAPACITY", 256usize, 1..=100_000);
         let Some(kafka) = kafka else {
             return Err(p.finish(()).expect_err("kafka problems were recorded"));
         };
@@ -238,7 +234,6 @@ impl HostConfig {
             engine,
             reload_interval,
             drain_timeout,
-            partition_queue,
         })
     }
 }

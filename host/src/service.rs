@@ -21,6 +21,8 @@ use tokio::task::JoinHandle;
 pub struct Running {
     /// Where the HTTP API listens.
     pub addr: SocketAddr,
+    /// The handler set (benchmarks install native handlers through it).
+    pub registry: Arc<Registry>,
     stop: watch::Sender<bool>,
     pipeline: Pipeline,
     server: JoinHandle<std::io::Result<()>>,
@@ -64,14 +66,14 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         producer_client: producer.clone(),
         health: health.clone(),
         drain_timeout: config.drain_timeout,
-        queue_capacity: config.partition_queue,
     })?;
 
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port))
         .await
         .with_context(|| format!("cannot listen on port {}", config.port))?;
     let addr = listener.local_addr()?;
-    let app = router(ApiState { registry, metrics, events, producer, health, shutdown: stop_rx.clone() });
+    let app =
+        router(ApiState { registry: registry.clone(), metrics, events, producer, health, shutdown: stop_rx.clone() });
     let mut server_stop = stop_rx;
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -81,7 +83,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
             .await
     });
     tracing::info!(%addr, group = config.group_id, brokers = config.kafka.brokers, "host started");
-    Ok(Running { addr, stop, pipeline, server, loader, topics })
+    Ok(Running { addr, registry, stop, pipeline, server, loader, topics })
 }
 
 impl Running {

@@ -7,7 +7,7 @@
 //! swapped in whole; an invalid one is rejected, logged and counted, and the old one keeps
 //! running. A removed `.wasm` stops its topic.
 
-use super::registry::{ActiveHandler, Registry};
+use super::registry::{ActiveHandler, HandlerCode, Registry};
 use super::valid_topic;
 use crate::config::HandlerSettings;
 use crate::metrics::{KindLabels, Metrics};
@@ -105,7 +105,7 @@ impl Loader {
     async fn load(&self, topic: &str) {
         match self.try_load(topic).await {
             Ok(Some(handler)) => {
-                tracing::info!(topic, sha256 = handler.module.digest(), file = %handler.file.display(), "handler loaded");
+                tracing::info!(topic, sha256 = handler.code.digest(), file = %handler.file.display(), "handler loaded");
                 self.metrics.reloads.get_or_create(&KindLabels { topic: topic.to_string(), kind: "ok".into() }).inc();
                 self.registry.install(topic, handler);
             }
@@ -136,12 +136,12 @@ impl Loader {
         let bytes = std::fs::read(&wasm_path).map_err(|e| format!("cannot read {}: {e}", wasm_path.display()))?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         let current = self.registry.get(topic);
-        let module = match &current {
-            Some(active) if active.module.digest() == digest => {
-                if active.settings == settings {
+        let module = match current.as_ref().map(|a| (&a.code, &a.settings)) {
+            Some((HandlerCode::Wasm(module), current_settings)) if module.digest() == digest => {
+                if *current_settings == settings {
                     return Ok(None);
                 }
-                active.module.with_limits(settings.limits.clone()).map_err(|e| e.to_string())?
+                module.with_limits(settings.limits.clone()).map_err(|e| e.to_string())?
             }
             _ => {
                 let engine = self.engine.clone();
@@ -153,7 +153,7 @@ impl Loader {
             }
         };
         Ok(Some(ActiveHandler {
-            module,
+            code: HandlerCode::Wasm(module),
             settings,
             file: wasm_path,
             loaded_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),

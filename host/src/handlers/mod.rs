@@ -5,7 +5,7 @@ pub mod loader;
 pub mod registry;
 
 pub use loader::Loader;
-pub use registry::{ActiveHandler, HandlerStatus, Registry, TopicCounters};
+pub use registry::{ActiveHandler, HandlerCode, HandlerStatus, NativeHandler, Registry, TopicCounters};
 
 /// Whether `topic` can be a handler's topic: a legal Kafka topic name that is not itself one of
 /// the host's retry or dead-letter topics.

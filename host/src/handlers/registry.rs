@@ -3,7 +3,7 @@
 //! so a swap takes effect between records and no record sees a half-loaded module.
 
 use crate::config::HandlerSettings;
-use crate::record::Outcome;
+use crate::record::{Invocation, Outcome, Record};
 use crate::runtime::HandlerModule;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -12,11 +12,58 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
+/// Handler logic compiled into the host, for benchmarks and tests that compare the sandbox with
+/// native code through the same pipeline. Production handlers are components.
+#[derive(Clone)]
+pub struct NativeHandler {
+    name: String,
+    logic: Arc<dyn Fn(&Record) -> Outcome + Send + Sync>,
+}
+
+impl std::fmt::Debug for NativeHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeHandler").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl NativeHandler {
+    /// A native handler named `name` (shown as `native:<name>` where a digest would be).
+    pub fn new(name: &str, logic: impl Fn(&Record) -> Outcome + Send + Sync + 'static) -> Self {
+        Self { name: format!("native:{name}"), logic: Arc::new(logic) }
+    }
+
+    /// Runs the logic on `record`.
+    pub fn invoke(&self, record: &Record) -> Invocation {
+        let started = std::time::Instant::now();
+        let outcome = (self.logic)(record);
+        Invocation { outcome, events: Vec::new(), calls: Vec::new(), dropped: 0, duration: started.elapsed() }
+    }
+}
+
+/// What runs a topic's records.
+#[derive(Debug, Clone)]
+pub enum HandlerCode {
+    /// A sandboxed component (the normal case).
+    Wasm(HandlerModule),
+    /// Native logic (benchmarks and tests).
+    Native(NativeHandler),
+}
+
+impl HandlerCode {
+    /// The component's `sha256:<hex>`, or `native:<name>`.
+    pub fn digest(&self) -> &str {
+        match self {
+            Self::Wasm(module) => module.digest(),
+            Self::Native(native) => &native.name,
+        }
+    }
+}
+
 /// A loaded handler, ready to run.
 #[derive(Debug)]
 pub struct ActiveHandler {
-    /// The compiled component with its limits.
-    pub module: HandlerModule,
+    /// What runs the records.
+    pub code: HandlerCode,
     /// Limits and retry policy.
     pub settings: HandlerSettings,
     /// The file it was loaded from.
@@ -196,7 +243,7 @@ impl Registry {
                         (None, false) => "rejected",
                     },
                     file: s.active.as_ref().map(|a| a.file.display().to_string()),
-                    sha256: s.active.as_ref().map(|a| a.module.digest().to_string()),
+                    sha256: s.active.as_ref().map(|a| a.code.digest().to_string()),
                     loaded_at: s.active.as_ref().map(|a| a.loaded_at.clone()),
                     last_error: s.last_error.as_ref().map(|e| e.0.clone()),
                     last_error_at: s.last_error.as_ref().map(|e| e.1.clone()),

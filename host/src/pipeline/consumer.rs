@@ -1,8 +1,8 @@
 //! The Kafka side: one consumer polled by a dedicated thread, which follows the handler set's
-//! topics, dispatches each record to its partition's task through a bounded queue, pauses a
-//! partition whose queue is full (and resumes it when there is room), and handles rebalances:
-//! before partitions are revoked their tasks finish the record in hand and the stored offsets are
-//! committed; after partitions are assigned a task starts for each.
+//! topics and handles rebalances. Before partitions are assigned, each gets its own librdkafka
+//! queue and a task that reads it (so records never pass through the main queue, and a slow
+//! partition's backpressure is librdkafka's bounded prefetch); before partitions are revoked their
+//! tasks finish the record in hand and the stored offsets are committed.
 
 use super::Shared;
 use super::partition::{self, PartitionWorker};
@@ -13,27 +13,23 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc::error::TrySendError;
 
 type Key = (String, i32);
 
-/// Partition tasks and the records held back for paused partitions.
+/// The partition tasks.
 #[derive(Debug, Default)]
 pub(crate) struct Partitions {
     workers: HashMap<Key, PartitionWorker>,
-    /// Records that arrived while a partition's queue was full; the partition is paused while
-    /// this holds any. Bounded by what librdkafka had already fetched when it was paused.
-    held: HashMap<Key, VecDeque<Record>>,
 }
 
 /// The consumer's callbacks.
 pub struct HostContext {
     shared: Arc<Shared>,
-    partitions: Arc<Mutex<Partitions>>,
+    partitions: Mutex<Partitions>,
 }
 
 impl std::fmt::Debug for HostContext {
@@ -57,12 +53,7 @@ impl HostContext {
                 Some(keys) => keys.to_vec(),
                 None => parts.workers.keys().cloned().collect(),
             };
-            keys.iter()
-                .filter_map(|k| {
-                    parts.held.remove(k);
-                    parts.workers.remove(k).map(|w| (k.clone(), w))
-                })
-                .collect()
+            keys.iter().filter_map(|k| parts.workers.remove(k).map(|w| (k.clone(), w))).collect()
         };
         if stopping.is_empty() {
             return;
@@ -119,6 +110,25 @@ impl ClientContext for HostContext {
 
 impl ConsumerContext for HostContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            // Each partition gets its own queue before librdkafka starts fetching it, so none of
+            // its records ever reach the main queue, and a task per partition reads them in order.
+            let Some(consumer) = self.shared.consumer.get().and_then(std::sync::Weak::upgrade) else { return };
+            let mut parts = self.lock();
+            for e in tpl.elements() {
+                let key = (e.topic().to_string(), e.partition());
+                if parts.workers.contains_key(&key) {
+                    continue;
+                }
+                match consumer.split_partition_queue(&key.0, key.1) {
+                    Some(queue) => {
+                        let worker = partition::spawn(self.shared.clone(), key.0.clone(), key.1, queue);
+                        parts.workers.insert(key, worker);
+                    }
+                    None => tracing::error!(topic = key.0, partition = key.1, "cannot open the partition's queue"),
+                }
+            }
+        }
         if let Rebalance::Revoke(tpl) = rebalance {
             let keys: Vec<Key> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
             tracing::info!(partitions = keys.len(), "partitions revoked: finishing records in hand");
@@ -138,15 +148,7 @@ impl ConsumerContext for HostContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let mut parts = self.lock();
-                for e in tpl.elements() {
-                    let key = (e.topic().to_string(), e.partition());
-                    parts
-                        .workers
-                        .entry(key.clone())
-                        .or_insert_with(|| partition::spawn(self.shared.clone(), key.0, key.1));
-                }
-                self.shared.metrics.assigned_partitions.set(parts.workers.len() as i64);
+                self.shared.metrics.assigned_partitions.set(self.lock().workers.len() as i64);
                 self.shared.health.joined.store(true, Ordering::Relaxed);
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
             }
@@ -183,7 +185,8 @@ fn commit(shared: &Shared, consumer: &BaseConsumer<HostContext>, keys: Option<&[
     }
 }
 
-fn to_record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+/// An owned copy of a polled message.
+pub(crate) fn to_record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
     Record {
         topic: m.topic().to_string(),
         partition: m.partition(),
@@ -199,23 +202,15 @@ fn to_record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
     }
 }
 
-fn one(key: &Key) -> KafkaResult<TopicPartitionList> {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(&key.0, key.1);
-    Ok(tpl)
-}
-
 /// The consumer and its poll thread's state.
 pub(crate) struct PollLoop {
     pub consumer: Arc<BaseConsumer<HostContext>>,
-    pub partitions: Arc<Mutex<Partitions>>,
     pub shared: Arc<Shared>,
 }
 
 impl PollLoop {
     /// Creates the consumer for `group_id`.
     pub fn new(shared: Arc<Shared>, settings: &common::kafka::KafkaSettings, group_id: &str) -> KafkaResult<Self> {
-        let partitions = Arc::new(Mutex::new(Partitions::default()));
         let mut config = settings.client_config();
         config
             .set("group.id", group_id)
@@ -224,17 +219,17 @@ impl PollLoop {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("statistics.interval.ms", "5000");
-        if config.get("queued.max.messages.kbytes").is_none() {
-            config.set("queued.max.messages.kbytes", "16384");
+        // Prefetch bounds (the backpressure), which the operator may override with KAFKA_OPT_*:
+        // per partition at most `queued.min.messages` records, in all `queued.max.messages.kbytes`.
+        for (property, value) in [("queued.min.messages", "10000"), ("queued.max.messages.kbytes", "16384")] {
+            if config.get(property).is_none() {
+                config.set(property, value);
+            }
         }
-        let context = HostContext { shared: shared.clone(), partitions: partitions.clone() };
+        let context = HostContext { shared: shared.clone(), partitions: Mutex::default() };
         let consumer = Arc::new(config.create_with_context::<_, BaseConsumer<HostContext>>(context)?);
         let _ = shared.consumer.set(Arc::downgrade(&consumer));
-        Ok(Self { consumer, partitions, shared })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Partitions> {
-        self.partitions.lock().unwrap_or_else(|e| e.into_inner())
+        Ok(Self { consumer, shared })
     }
 
     fn follow(&self, topics: &[String]) {
@@ -252,57 +247,6 @@ impl PollLoop {
         }
     }
 
-    fn dispatch(&self, record: Record) {
-        let key = (record.topic.clone(), record.partition);
-        let mut parts = self.lock();
-        if let Some(held) = parts.held.get_mut(&key) {
-            held.push_back(record);
-            return;
-        }
-        let Some(worker) = parts.workers.get(&key) else {
-            tracing::debug!(
-                topic = key.0,
-                partition = key.1,
-                "record for a partition without a task: left for redelivery"
-            );
-            return;
-        };
-        match worker.tx.try_send(record) {
-            Ok(()) => {}
-            Err(TrySendError::Full(record)) => {
-                if let Err(e) = one(&key).and_then(|tpl| self.consumer.pause(&tpl)) {
-                    tracing::warn!(topic = key.0, partition = key.1, "cannot pause: {e}");
-                }
-                tracing::debug!(topic = key.0, partition = key.1, "queue full: partition paused");
-                parts.held.insert(key, VecDeque::from([record]));
-            }
-            Err(TrySendError::Closed(_)) => {}
-        }
-    }
-
-    /// Moves held records into queues that have room; resumes partitions that are drained.
-    fn release_held(&self) {
-        let mut parts = self.lock();
-        let Partitions { workers, held } = &mut *parts;
-        held.retain(|key, queue| {
-            let Some(worker) = workers.get(key) else { return false };
-            while let Some(record) = queue.pop_front() {
-                match worker.tx.try_send(record) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(record)) => {
-                        queue.push_front(record);
-                        return true;
-                    }
-                    Err(TrySendError::Closed(_)) => return false,
-                }
-            }
-            if let Err(e) = one(key).and_then(|tpl| self.consumer.resume(&tpl)) {
-                tracing::warn!(topic = key.0, partition = key.1, "cannot resume: {e}");
-            }
-            false
-        });
-    }
-
     /// Polls until `stop`, then drains and closes.
     pub fn run(self, mut topics: tokio::sync::watch::Receiver<Vec<String>>, stop: tokio::sync::watch::Receiver<bool>) {
         let initial = topics.borrow_and_update().clone();
@@ -313,12 +257,17 @@ impl PollLoop {
                 let now = topics.borrow_and_update().clone();
                 self.follow(&now);
             }
-            self.release_held();
+            // Records go to the partition queues; the main queue serves rebalances, errors and
+            // statistics. A record here belongs to no task: it is left uncommitted.
             match self.consumer.poll(Duration::from_millis(100)) {
                 None => {}
                 Some(Ok(message)) => {
-                    self.shared.health.brokers_down.store(false, Ordering::Relaxed);
-                    self.dispatch(to_record(&message));
+                    tracing::warn!(
+                        topic = message.topic(),
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        "record outside any partition queue: left for redelivery"
+                    );
                 }
                 Some(Err(e)) => {
                     let text = e.to_string();

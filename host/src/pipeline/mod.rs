@@ -1,5 +1,5 @@
 //! The consumer pipeline: Kafka records in, handler outcomes out. [`consumer`] polls Kafka and
-//! owns rebalances and backpressure; [`partition`] runs one task per assigned partition;
+//! owns rebalances and partition queues; [`partition`] runs one task per assigned partition;
 //! [`deliver`] sends to the retry and dead-letter topics; [`headers`] defines their headers.
 
 pub mod consumer;
@@ -40,7 +40,6 @@ pub struct Shared {
     pub(crate) stored: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
     pub(crate) health: Arc<Health>,
     pub(crate) drain_timeout: Duration,
-    pub(crate) queue_capacity: usize,
     pub(crate) runtime: tokio::runtime::Handle,
 }
 
@@ -60,10 +59,7 @@ impl Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("health", &self.health)
-            .field("queue_capacity", &self.queue_capacity)
-            .finish_non_exhaustive()
+        f.debug_struct("Shared").field("health", &self.health).finish_non_exhaustive()
     }
 }
 
@@ -86,8 +82,6 @@ pub struct PipelineDeps {
     pub health: Arc<Health>,
     /// Time allowed to finish records in hand at revoke and shutdown.
     pub drain_timeout: Duration,
-    /// Per-partition queue length before pausing.
-    pub queue_capacity: usize,
 }
 
 /// A running pipeline.
@@ -115,7 +109,6 @@ impl Pipeline {
             stored: std::sync::Mutex::default(),
             health: deps.health,
             drain_timeout: deps.drain_timeout,
-            queue_capacity: deps.queue_capacity,
             runtime: tokio::runtime::Handle::current(),
         });
         let poll = consumer::PollLoop::new(shared, &deps.kafka, &deps.group_id)?;

@@ -3,23 +3,23 @@
 //! dead-letter topic, and stores the record's offset only once its outcome is final.
 
 use super::Shared;
+use super::consumer::HostContext;
 use super::deliver::Sent;
 use super::headers::{DeadLetter, dlq_headers, parse_retry, retry_headers};
-use crate::handlers::{RETRY_SUFFIX, dlq_topic, retry_topic};
+use crate::handlers::{HandlerCode, RETRY_SUFFIX, dlq_topic, retry_topic};
 use crate::metrics::{KindLabels, OutcomeLabels, TopicLabels};
 use crate::record::{Outcome, Record};
 use crate::runtime::Worker;
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 /// The handle the consumer keeps for a partition's task.
 #[derive(Debug)]
 pub(crate) struct PartitionWorker {
-    /// Records in offset order (bounded: when full, the partition is paused).
-    pub tx: mpsc::Sender<Record>,
     /// Set to stop after the record in hand.
     pub stop: watch::Sender<bool>,
     /// The task.
@@ -34,19 +34,57 @@ enum Done {
     Abandoned,
 }
 
-/// Starts the task for `topic`/`partition`.
-pub(crate) fn spawn(shared: Arc<Shared>, topic: String, partition: i32) -> PartitionWorker {
-    let (tx, rx) = mpsc::channel(shared.queue_capacity);
+/// Starts the task for `topic`/`partition`, reading the partition's own librdkafka queue.
+///
+/// Backpressure is librdkafka's: the task takes a record only when it is ready for one, and
+/// librdkafka stops fetching a partition whose queue holds `queued.min.messages` records (or when
+/// all queues together hold `queued.max.messages.kbytes`).
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    topic: String,
+    partition: i32,
+    mut queue: PartitionQueue<HostContext>,
+) -> PartitionWorker {
+    let ready = Arc::new(Notify::new());
+    queue.set_nonempty_callback({
+        let ready = ready.clone();
+        move || ready.notify_one()
+    });
     let (stop, stop_rx) = watch::channel(false);
-    let join = shared.runtime.spawn(run(shared.clone(), topic, partition, rx, stop_rx));
-    PartitionWorker { tx, stop, join }
+    let join = shared.runtime.spawn(run(shared.clone(), topic, partition, queue, ready, stop_rx));
+    PartitionWorker { stop, join }
+}
+
+/// The next record of the partition, or `None` when told to stop.
+async fn next_record(
+    queue: &PartitionQueue<HostContext>,
+    ready: &Notify,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Record> {
+    loop {
+        if *stop.borrow() {
+            return None;
+        }
+        match queue.poll(Duration::ZERO) {
+            Some(Ok(message)) => return Some(super::consumer::to_record(&message)),
+            Some(Err(e)) => tracing::warn!("partition queue: {e}"),
+            None => {
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|s| *s) => return None,
+                    () = ready.notified() => {}
+                }
+            }
+        }
+    }
 }
 
 async fn run(
     shared: Arc<Shared>,
     topic: String,
     partition: i32,
-    mut rx: mpsc::Receiver<Record>,
+    queue: PartitionQueue<HostContext>,
+    ready: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
     let (handler_topic, from_retry_topic) = match topic.strip_suffix(RETRY_SUFFIX) {
@@ -55,12 +93,10 @@ async fn run(
     };
     let mut worker: Option<Worker> = None;
     tracing::debug!(topic, partition, "partition worker started");
-    loop {
-        let record = tokio::select! {
-            biased;
-            _ = stop.wait_for(|s| *s) => break,
-            r = rx.recv() => match r { Some(r) => r, None => break },
-        };
+    while let Some(record) = next_record(&queue, &ready, &mut stop).await {
+        // A busy partition must not starve the other tasks on its thread (HTTP, other
+        // partitions): a handler call often completes without ever yielding.
+        tokio::task::consume_budget().await;
         let offset = record.offset;
         let span = tracing::info_span!("record", topic = %topic, partition, offset);
         let done =
@@ -110,15 +146,21 @@ async fn handle(
             tracing::info!("no handler for {handler_topic} any more; leaving the record for redelivery");
             return Done::Abandoned;
         };
-        match worker {
-            Some(w) if w.module().same_load(&handler.module) => {}
-            Some(w) => w.swap(handler.module.clone()),
-            None => *worker = Some(Worker::new(handler.module.clone(), shared.producer_client.clone())),
-        }
-        let Some(w) = worker.as_mut() else { return Done::Abandoned };
-
         shared.metrics.in_flight.inc();
-        let invocation = w.invoke(&record).await;
+        let invocation = match &handler.code {
+            HandlerCode::Wasm(module) => {
+                let w = match worker {
+                    Some(w) if w.module().same_load(module) => w,
+                    Some(w) => {
+                        w.swap(module.clone());
+                        w
+                    }
+                    None => worker.insert(Worker::new(module.clone(), shared.producer_client.clone())),
+                };
+                w.invoke(&record).await
+            }
+            HandlerCode::Native(native) => native.invoke(&record),
+        };
         shared.metrics.in_flight.dec();
 
         let outcome = invocation.outcome;
@@ -133,7 +175,7 @@ async fn handle(
             shared.metrics.dropped.get_or_create(&topic_label).inc_by(u64::from(invocation.dropped));
         }
         counters.count(&outcome);
-        let digest = handler.module.digest();
+        let digest = handler.code.digest();
         let policy = &handler.settings.retry;
         match &outcome {
             Outcome::Ok => {

@@ -1,0 +1,169 @@
+//! Throughput of the whole consumer pipeline against librdkafka's mock cluster (in this
+//! process), side by side in one run: the host with the trivial wasm handler, the host with the
+//! same logic compiled natively (through the same pipeline), and a bare rdkafka consumer loop
+//! that only stores offsets. Each configuration consumes the same records with a fresh group;
+//! the clock runs from the first record handled to the last, so group joins are excluded.
+//! Prints records/s per run, the medians and the ratios; docs/BENCHMARKS.md records them.
+
+use common::env::Env;
+use host::config::{HandlerSettings, HostConfig};
+use host::handlers::{ActiveHandler, HandlerCode, NativeHandler};
+use host::record::{Outcome, Record};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Message};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+const TOPIC: &str = "bench";
+const PARTITIONS: i32 = 4;
+const RECORDS: u64 = 20_000;
+const VALUE_BYTES: usize = 256;
+const ROUNDS: usize = 3;
+
+/// The trivial fixture's logic, natively. Keep identical to `test-fixtures/trivial`.
+fn trivial(record: &Record) -> Outcome {
+    let sum =
+        record.key.iter().chain(record.value.iter()).flatten().fold(0u32, |acc, b| acc.wrapping_add(u32::from(*b)));
+    if record.value.as_ref().is_none_or(Vec::is_empty) {
+        return Outcome::Reject(format!("empty value (checksum {sum})"));
+    }
+    Outcome::Ok
+}
+
+fn fill(mock: &MockCluster<'static, DefaultProducerContext>) {
+    let producer: ThreadedProducer<_> = ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    let value = vec![b'x'; VALUE_BYTES];
+    for i in 0..RECORDS {
+        let key = format!("user-{i}");
+        producer.send(BaseRecord::to(TOPIC).key(&key).payload(&value)).expect("send");
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+}
+
+fn config(mock: &MockCluster<'static, DefaultProducerContext>, dir: &std::path::Path, group: &str) -> HostConfig {
+    HostConfig::from_env(&Env::from_pairs([
+        ("KAFKA_BROKERS", mock.bootstrap_servers()),
+        ("KAFKA_GROUP_ID", group.to_string()),
+        ("HANDLERS_DIR", dir.display().to_string()),
+        ("PORT", "0".to_string()),
+    ]))
+    .expect("config")
+}
+
+/// Runs the host until every record is handled; returns records/s from first to last.
+async fn run_host(
+    mock: &MockCluster<'static, DefaultProducerContext>,
+    wasm: Option<&std::path::Path>,
+    group: &str,
+) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    if let Some(wasm) = wasm {
+        std::fs::copy(wasm, dir.path().join(format!("{TOPIC}.wasm"))).expect("copy");
+    }
+    let host = host::service::start(config(mock, dir.path(), group)).await.expect("start");
+    if wasm.is_none() {
+        host.registry.install(
+            TOPIC,
+            ActiveHandler {
+                code: HandlerCode::Native(NativeHandler::new("trivial", trivial)),
+                settings: HandlerSettings::default(),
+                file: "native".into(),
+                loaded_at: String::new(),
+            },
+        );
+    }
+    // Timed on a plain thread, so the measurement does not compete with the host's tasks.
+    let counters = host.registry.counters(TOPIC);
+    let rate = tokio::task::spawn_blocking(move || {
+        let handled = || counters.outcomes[0].load(Ordering::Relaxed);
+        while handled() == 0 {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        let (first, started) = (handled(), Instant::now());
+        while handled() < RECORDS {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        (RECORDS - first) as f64 / started.elapsed().as_secs_f64()
+    })
+    .await
+    .expect("monitor");
+    host.shutdown().await;
+    rate
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let fixtures = xtask::build_test_fixtures().expect("fixtures");
+    let wasm = fixtures.join("trivial.wasm");
+    let mock = MockCluster::new(1).expect("mock");
+    for t in [TOPIC.to_string(), format!("{TOPIC}.retry"), format!("{TOPIC}.dlq")] {
+        mock.create_topic(&t, PARTITIONS, 1).expect("topic");
+    }
+    fill(&mock);
+    println!("{RECORDS} records of {VALUE_BYTES} bytes on {PARTITIONS} partitions; {ROUNDS} rounds, fresh group each");
+    let (mut wasm_rates, mut native_rates, mut bare_rates) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let w = run_host(&mock, Some(&wasm), &format!("wasm-{round}")).await;
+        let n = run_host(&mock, None, &format!("native-{round}")).await;
+        let m = mock.bootstrap_servers();
+        let b = tokio::task::spawn_blocking({
+            let group = format!("bare-{round}");
+            move || {
+                let mock_ref = MockRef(m);
+                mock_ref.run(&group)
+            }
+        })
+        .await
+        .expect("bare");
+        println!("round {round}: wasm {w:>9.0}/s   native {n:>9.0}/s   bare loop {b:>9.0}/s");
+        wasm_rates.push(w);
+        native_rates.push(n);
+        bare_rates.push(b);
+    }
+    let (w, n, b) = (median(wasm_rates), median(native_rates), median(bare_rates));
+    println!("median:  wasm {w:.0}/s   native {n:.0}/s   bare loop {b:.0}/s");
+    println!("wasm / native through the same pipeline: {:.2}", w / n);
+    println!("wasm / bare rdkafka loop: {:.2}", w / b);
+    println!("native / bare rdkafka loop: {:.2}", n / b);
+    drop(mock);
+}
+
+/// A bare consumer loop (poll, store the offset, nothing else) against the cluster at this
+/// bootstrap address; run on a blocking thread since the mock cluster handle is not `Send`.
+struct MockRef(String);
+
+impl MockRef {
+    fn run(&self, group: &str) -> f64 {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.0)
+            .set("group.id", group)
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[TOPIC]).expect("subscribe");
+        let mut seen = 0u64;
+        let mut started = None;
+        while seen < RECORDS {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                std::hint::black_box(m.payload());
+                consumer.store_offset(m.topic(), m.partition(), m.offset()).expect("store");
+                seen += 1;
+                started.get_or_insert_with(Instant::now);
+            }
+        }
+        (RECORDS - 1) as f64 / started.map_or(1.0, |s| s.elapsed().as_secs_f64())
+    }
+}
