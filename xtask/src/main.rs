@@ -8,7 +8,10 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   build-handlers   build the handler components into target/handlers/
-  test             run every check: fmt, clippy, handler builds, all tests";
+  demo             run the whole system locally (embedded broker unless KAFKA_BROKERS is set)
+                   [--users N] create N users; [--exit] exit once their chains complete
+                   [--timeout SECS] how long --exit waits (default 120)
+  test             run every check: fmt, clippy, handler builds, all tests, the demo's full chain";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -19,6 +22,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some("test") => test(),
+        Some("demo") => xtask::demo::run(xtask::demo::Options::parse(&args[1..])?, stop_flag()?),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -50,7 +54,22 @@ fn test() -> anyhow::Result<()> {
     }
     step("tests");
     run(cargo().current_dir(&root).args(["test", "--workspace"]))?;
+    step("demo: the full chain for 50 users through real processes on the embedded broker");
+    let options = xtask::demo::Options { users: Some(50), exit: true, timeout: std::time::Duration::from_secs(120) };
+    xtask::demo::run(options, stop_flag()?)?;
     Ok(())
+}
+
+/// Set by Ctrl-C or SIGTERM; the demo stops its children when it is.
+fn stop_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    static FLAG: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> = std::sync::OnceLock::new();
+    if let Some(flag) = FLAG.get() {
+        return Ok(flag.clone());
+    }
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handler_flag = flag.clone();
+    ctrlc::set_handler(move || handler_flag.store(true, std::sync::atomic::Ordering::Relaxed))?;
+    Ok(FLAG.get_or_init(|| flag).clone())
 }
 
 fn step(name: &str) {

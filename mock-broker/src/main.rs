@@ -1,0 +1,64 @@
+//! `mock-broker`: librdkafka's mock cluster (a Kafka-protocol broker kept in memory) as a process
+//! of its own, so the demo and fault tests can point real producer and host processes at it.
+//!
+//! Usage: `mock-broker [--brokers N] [--topic NAME:PARTITIONS]...`. Prints
+//! `bootstrap <host:port,...>` on stdout once the cluster and its topics exist, then reads
+//! commands on stdin, one per line: `down <broker-id>` and `up <broker-id>` (fault injection),
+//! `quit`. End of input also quits.
+
+use anyhow::{Context, bail};
+use rdkafka::mocking::MockCluster;
+use std::io::{BufRead, Write};
+
+fn main() -> anyhow::Result<()> {
+    let mut brokers = 1;
+    let mut topics: Vec<(String, i32)> = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--brokers" => {
+                brokers =
+                    args.next().context("--brokers needs a number")?.parse().context("--brokers needs a number")?
+            }
+            "--topic" => {
+                let spec = args.next().context("--topic needs NAME:PARTITIONS")?;
+                let (name, partitions) = spec.rsplit_once(':').context("--topic needs NAME:PARTITIONS")?;
+                topics.push((name.to_string(), partitions.parse().context("partitions must be a number")?));
+            }
+            "-h" | "--help" => {
+                println!("usage: mock-broker [--brokers N] [--topic NAME:PARTITIONS]...");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    let cluster = MockCluster::new(brokers).context("cannot start the mock cluster")?;
+    for (name, partitions) in &topics {
+        cluster
+            .create_topic(name, *partitions, brokers.min(3))
+            .with_context(|| format!("cannot create topic {name}"))?;
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "bootstrap {}", cluster.bootstrap_servers())?;
+    out.flush()?;
+    drop(out);
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let mut words = line.split_whitespace();
+        let result = match (words.next(), words.next().map(str::parse::<i32>)) {
+            (Some("down"), Some(Ok(id))) => cluster.broker_down(id).map(|()| format!("broker {id} down")),
+            (Some("up"), Some(Ok(id))) => cluster.broker_up(id).map(|()| format!("broker {id} up")),
+            (Some("quit"), _) => break,
+            (None, _) => continue,
+            _ => {
+                eprintln!("unknown command {line:?} (down N, up N, quit)");
+                continue;
+            }
+        };
+        match result {
+            Ok(done) => println!("{done}"),
+            Err(e) => eprintln!("{line}: {e}"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,471 @@
+//! `cargo xtask demo`: the whole system on one machine. Builds the handlers and services, starts
+//! an embedded Kafka-protocol broker (librdkafka's mock cluster, in a process of its own) unless
+//! `KAFKA_BROKERS` is set, then the producer and the host as separate processes, and shows what
+//! flows through them. `--users N --exit` drives N users through the full chain and exits.
+
+use anyhow::{Context, bail};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// What `demo` was asked to do.
+#[derive(Debug)]
+pub struct Options {
+    /// Create this many users through the producer.
+    pub users: Option<usize>,
+    /// Exit once every created user's chain completed (or the timeout passed).
+    pub exit: bool,
+    /// How long `--exit` waits.
+    pub timeout: Duration,
+}
+
+impl Options {
+    /// Parses `demo`'s arguments.
+    pub fn parse(args: &[String]) -> anyhow::Result<Self> {
+        let mut options = Self { users: None, exit: false, timeout: Duration::from_secs(120) };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--users" => {
+                    options.users =
+                        Some(args.next().context("--users needs a number")?.parse().context("--users needs a number")?)
+                }
+                "--exit" => options.exit = true,
+                "--timeout" => {
+                    options.timeout = Duration::from_secs(
+                        args.next().context("--timeout needs seconds")?.parse().context("--timeout needs seconds")?,
+                    )
+                }
+                other => bail!("unknown demo argument {other:?} (expected --users N, --exit, --timeout SECS)"),
+            }
+        }
+        if options.exit && options.users.is_none() {
+            bail!("--exit needs --users N: it exits once those users' chains complete");
+        }
+        Ok(options)
+    }
+}
+
+/// Child processes, stopped (SIGTERM, then SIGKILL after a grace period) when dropped.
+#[derive(Debug)]
+struct Children(Vec<(&'static str, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, child) in self.0.iter_mut().rev() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for (name, child) in self.0.iter_mut().rev() {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        eprintln!("demo: {name} stopped ({status})");
+                        break;
+                    }
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                    _ => {
+                        eprintln!("demo: {name} did not stop in time: killing it");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn free_port(preferred: u16) -> u16 {
+    if std::net::TcpListener::bind(("127.0.0.1", preferred)).is_ok() {
+        return preferred;
+    }
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(preferred)
+}
+
+fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
+    let path = dir.join(format!("{name}.log"));
+    std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))
+}
+
+fn wait_ready(name: &str, url: &str, log: &Path, stop: &AtomicBool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        if ureq::get(url).timeout(Duration::from_secs(2)).call().is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            bail!(
+                "{name} not ready at {url} after 90 s; last log lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Records handled per topic and outcome, from the host's metrics.
+fn records(host: &str) -> BTreeMap<(String, String), f64> {
+    let Some(text) = ureq::get(&format!("{host}/metrics")).call().ok().and_then(|r| r.into_string().ok()) else {
+        return BTreeMap::new();
+    };
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("host_records_total{topic=\"")?;
+            let (topic, rest) = rest.split_once("\",outcome=\"")?;
+            let (outcome, value) = rest.split_once("\"} ")?;
+            Some(((topic.to_string(), outcome.to_string()), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn records_line(counts: &BTreeMap<(String, String), f64>) -> String {
+    let mut by_topic: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for ((topic, outcome), n) in counts {
+        by_topic.entry(topic).or_default().push(format!("{outcome}={n}"));
+    }
+    if by_topic.is_empty() {
+        return "no records handled yet".into();
+    }
+    by_topic.iter().map(|(t, o)| format!("{t}: {}", o.join(" "))).collect::<Vec<_>>().join(" | ")
+}
+
+/// Reads the host's `/events` stream on a thread, sending each event's JSON.
+fn follow_events(host: String, tx: mpsc::Sender<serde_json::Value>) {
+    std::thread::spawn(move || {
+        loop {
+            if let Ok(response) = ureq::get(&format!("{host}/events")).call() {
+                for line in BufReader::new(response.into_reader()).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(data) = line.strip_prefix("data:")
+                        && let Ok(event) = serde_json::from_str(data.trim())
+                        && tx.send(event).is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+}
+
+/// The running system: broker (unless external), producer and host, as child processes.
+#[derive(Debug)]
+pub struct System {
+    children: Children,
+    /// The producer's base URL.
+    pub producer_url: String,
+    /// The host's base URL.
+    pub host_url: String,
+    /// Where logs and handlers live.
+    pub dir: PathBuf,
+    bin: PathBuf,
+    brokers: String,
+    host_port: u16,
+    host_starts: usize,
+}
+
+impl System {
+    /// Builds everything and starts the processes; `brokers` is an external Kafka, or `None` for
+    /// the embedded mock broker.
+    pub fn start(brokers: Option<String>, stop: &AtomicBool) -> anyhow::Result<Self> {
+        let root = crate::repo_root();
+        eprintln!("demo: building the handlers and services");
+        let handlers = crate::build_handlers()?;
+        crate::run(crate::cargo().current_dir(&root).args([
+            "build",
+            "--quiet",
+            "-p",
+            "host",
+            "-p",
+            "producer",
+            "-p",
+            "mock-broker",
+        ]))?;
+        let bin = crate::target_dir().join("debug");
+        let dir = crate::target_dir().join("demo");
+        let handlers_dir = dir.join("handlers");
+        std::fs::create_dir_all(&handlers_dir)?;
+        for name in ["new-user-created", "issued-token"] {
+            let tmp = handlers_dir.join(format!(".{name}.wasm.tmp"));
+            std::fs::copy(handlers.join(format!("{name}.wasm")), &tmp)?;
+            std::fs::rename(&tmp, handlers_dir.join(format!("{name}.wasm")))?;
+        }
+        let mut children = Children(Vec::new());
+        let brokers = match brokers {
+            Some(brokers) => {
+                eprintln!("demo: using the brokers at {brokers}");
+                brokers
+            }
+            None => {
+                let mut args = Vec::new();
+                for topic in ["new-user-created", "issued-token"] {
+                    for name in [topic.to_string(), format!("{topic}.retry"), format!("{topic}.dlq")] {
+                        args.push("--topic".to_string());
+                        args.push(format!("{name}:8"));
+                    }
+                }
+                let mut broker = Command::new(bin.join("mock-broker"))
+                    .args(&args)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(log_file(&dir, "broker")?)
+                    .spawn()
+                    .context("cannot start mock-broker")?;
+                let stdout = broker.stdout.take().context("mock-broker stdout")?;
+                children.0.push(("broker", broker));
+                let mut first = String::new();
+                BufReader::new(stdout).read_line(&mut first)?;
+                let brokers = first
+                    .trim()
+                    .strip_prefix("bootstrap ")
+                    .context("mock-broker did not print its address")?
+                    .to_string();
+                eprintln!("demo: embedded broker (librdkafka mock cluster) at {brokers}, topics at 8 partitions");
+                brokers
+            }
+        };
+        let producer_port = free_port(9001);
+        let host_port = free_port(9000);
+        let producer_url = format!("http://127.0.0.1:{producer_port}");
+        let producer = Command::new(bin.join("producer"))
+            .env("APP_ENV", "development")
+            .env("PORT", producer_port.to_string())
+            .env("KAFKA_BROKERS", &brokers)
+            .stdout(Stdio::null())
+            .stderr(log_file(&dir, "producer")?)
+            .spawn()
+            .context("cannot start the producer")?;
+        children.0.push(("producer", producer));
+        let mut system = Self {
+            children,
+            producer_url,
+            host_url: format!("http://127.0.0.1:{host_port}"),
+            dir,
+            bin,
+            brokers,
+            host_port,
+            host_starts: 0,
+        };
+        system.start_host()?;
+        wait_ready(
+            "producer",
+            &format!("{}/producer-svc", system.producer_url),
+            &system.dir.join("producer.log"),
+            stop,
+        )?;
+        wait_ready("host", &format!("{}/readyz", system.host_url), &system.dir.join("host-1.log"), stop)?;
+        Ok(system)
+    }
+
+    /// Starts (or restarts) the host process.
+    pub fn start_host(&mut self) -> anyhow::Result<()> {
+        self.host_starts += 1;
+        let host = Command::new(self.bin.join("host"))
+            .env("PORT", self.host_port.to_string())
+            .env("KAFKA_BROKERS", &self.brokers)
+            .env("KAFKA_GROUP_ID", "wasm-host-demo")
+            .env("KAFKA_OPT_SESSION_TIMEOUT_MS", "6000")
+            .env("KAFKA_OPT_MAX_POLL_INTERVAL_MS", "10000")
+            .env("HANDLERS_DIR", self.dir.join("handlers"))
+            .env("PRODUCER_URL", &self.producer_url)
+            .env("RETRY_TOPIC_DELAY_MS", "2000")
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.dir, &format!("host-{}", self.host_starts))?)
+            .spawn()
+            .context("cannot start the host")?;
+        self.children.0.push(("host", host));
+        Ok(())
+    }
+
+    /// Kills the host with SIGKILL: no drain, no commit.
+    pub fn kill_host(&mut self) -> anyhow::Result<()> {
+        let index = self.children.0.iter().rposition(|(name, _)| *name == "host").context("no host running")?;
+        let (_, mut host) = self.children.0.remove(index);
+        host.kill().context("kill -9 the host")?;
+        host.wait()?;
+        Ok(())
+    }
+
+    /// Waits for the host's `/readyz`.
+    pub fn wait_host_ready(&self, stop: &AtomicBool) -> anyhow::Result<()> {
+        wait_ready(
+            "host",
+            &format!("{}/readyz", self.host_url),
+            &self.dir.join(format!("host-{}.log", self.host_starts)),
+            stop,
+        )
+    }
+
+    /// Creates `n` users through the producer; returns their ids.
+    pub fn create_users(&self, n: usize) -> anyhow::Result<BTreeSet<String>> {
+        let mut ids = BTreeSet::new();
+        for i in 0..n {
+            let body = serde_json::json!({"name": format!("Demo User {i}"), "email": format!("demo{i}@example.com")});
+            let response = ureq::post(&format!("{}/producer-svc/users", self.producer_url))
+                .timeout(Duration::from_secs(10))
+                .send_json(body)
+                .with_context(|| format!("creating user {i}"))?
+                .into_json::<serde_json::Value>()?;
+            ids.insert(response["id"].as_str().context("the producer answered without an id")?.to_string());
+        }
+        Ok(ids)
+    }
+
+    /// Records handled per topic and outcome.
+    pub fn records(&self) -> BTreeMap<(String, String), f64> {
+        records(&self.host_url)
+    }
+}
+
+/// Runs the demo.
+pub fn run(options: Options, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let brokers = std::env::var("KAFKA_BROKERS").ok().filter(|b| !b.is_empty());
+    let system = System::start(brokers, &stop)?;
+    let (producer_url, host_url) = (system.producer_url.clone(), system.host_url.clone());
+    println!();
+    println!("  producer  {producer_url}/producer-svc   (metrics: /producer-svc/metrics)");
+    println!("  host      {host_url}   (/readyz /metrics /handlers /events /ping)");
+    println!("  handlers  {}   (move a new <topic>.wasm here to swap it live)", system.dir.join("handlers").display());
+    println!("  logs      {}", system.dir.display());
+    println!();
+    println!("  curl -s -X POST {producer_url}/producer-svc/users -H 'content-type: application/json' \\");
+    println!("       -d '{{\"name\":\"Ada Lovelace\",\"email\":\"ada@example.com\"}}'");
+    println!("  curl -sN {host_url}/events");
+    println!();
+
+    let (tx, events) = mpsc::channel();
+    follow_events(host_url.clone(), tx);
+    // Let the event stream connect before users are created, so no event is missed.
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let expected = match options.users {
+        Some(n) => {
+            eprintln!("demo: creating {n} users");
+            system.create_users(n)?
+        }
+        None => BTreeSet::new(),
+    };
+    let summary = watch(&system, &events, &expected, options.exit, started + options.timeout, &stop)?;
+    if let Some(summary) = summary {
+        let elapsed = started.elapsed();
+        let total: f64 = summary.records.values().sum();
+        println!("users created:        {}", expected.len());
+        println!("token-verified users: {}", summary.verified);
+        println!("events received:      {}", summary.events);
+        println!("records by outcome:   {}", records_line(&summary.records));
+        println!("elapsed:              {:.2} s", elapsed.as_secs_f64());
+        println!("records/s:            {:.0}", total / elapsed.as_secs_f64());
+    }
+    Ok(())
+}
+
+/// What `watch` saw by the time every expected chain completed.
+#[derive(Debug)]
+pub struct Summary {
+    /// Distinct users whose token was verified.
+    pub verified: usize,
+    /// `token-verified` events in all (more than `verified` when records were handled twice).
+    pub verified_events: usize,
+    /// Events received.
+    pub events: usize,
+    /// Records by topic and outcome.
+    pub records: BTreeMap<(String, String), f64>,
+}
+
+/// Shows events and a live records line; with `exit`, returns once every `expected` user's token
+/// was verified (`None` on Ctrl-C), or fails at `deadline` naming what is missing.
+pub fn watch(
+    system: &System,
+    events: &mpsc::Receiver<serde_json::Value>,
+    expected: &BTreeSet<String>,
+    exit: bool,
+    deadline: Instant,
+    stop: &AtomicBool,
+) -> anyhow::Result<Option<Summary>> {
+    let mut verified: BTreeSet<String> = BTreeSet::new();
+    let (mut event_count, mut verified_events) = (0usize, 0usize);
+    let mut last_line = Instant::now();
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            eprintln!("\ndemo: Ctrl-C: stopping everything");
+            return Ok(None);
+        }
+        match events.recv_timeout(Duration::from_millis(200)) {
+            Ok(event) => {
+                event_count += 1;
+                if event["kind"] == "token-verified"
+                    && let Some(user) = event["payload"]["user_id"].as_str()
+                {
+                    verified_events += 1;
+                    verified.insert(user.to_string());
+                }
+                if !exit {
+                    let place = format!(
+                        "{}:{}@{}",
+                        event["topic"].as_str().unwrap_or("?"),
+                        event["partition"],
+                        event["offset"]
+                    );
+                    println!("event {} {} ({place})", event["kind"].as_str().unwrap_or("?"), event["payload"]);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the event stream ended"),
+        }
+        if last_line.elapsed() >= Duration::from_secs(1) {
+            last_line = Instant::now();
+            let line = records_line(&system.records());
+            if exit {
+                eprintln!(
+                    "demo: {}/{} chains complete | {line}",
+                    expected.intersection(&verified).count(),
+                    expected.len()
+                );
+            } else {
+                eprint!("\r{line}   ");
+                let _ = std::io::stderr().flush();
+            }
+        }
+        if exit {
+            let missing: Vec<&String> = expected.difference(&verified).collect();
+            if missing.is_empty() {
+                return Ok(Some(Summary {
+                    verified: verified.len(),
+                    verified_events,
+                    events: event_count,
+                    records: system.records(),
+                }));
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} of {} users' chains did not complete in time (e.g. {:?}); records: {}; logs in {}",
+                    missing.len(),
+                    expected.len(),
+                    missing.iter().take(3).collect::<Vec<_>>(),
+                    records_line(&system.records()),
+                    system.dir.display()
+                );
+            }
+        }
+    }
+}
+
+/// Connects to the host's `/events` stream on a thread of its own.
+pub fn events(system: &System) -> mpsc::Receiver<serde_json::Value> {
+    let (tx, rx) = mpsc::channel();
+    follow_events(system.host_url.clone(), tx);
+    std::thread::sleep(Duration::from_millis(500));
+    rx
+}
