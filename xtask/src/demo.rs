@@ -376,8 +376,11 @@ pub fn run(options: Options, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
 pub struct Summary {
     /// Distinct users whose token was verified.
     pub verified: usize,
-    /// `token-verified` events in all (more than `verified` when records were handled twice).
+    /// `token-verified` events for the expected users (more than their number when records
+    /// were handled twice).
     pub verified_events: usize,
+    /// `token-verified` events for other users (records handled again, or late ones).
+    pub other_verified_events: usize,
     /// Events received.
     pub events: usize,
     /// Records by topic and outcome.
@@ -395,7 +398,7 @@ pub fn watch(
     stop: &AtomicBool,
 ) -> anyhow::Result<Option<Summary>> {
     let mut verified: BTreeSet<String> = BTreeSet::new();
-    let (mut event_count, mut verified_events) = (0usize, 0usize);
+    let (mut event_count, mut verified_events, mut other_verified_events) = (0usize, 0usize, 0usize);
     let mut last_line = Instant::now();
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -408,7 +411,11 @@ pub fn watch(
                 if event["kind"] == "token-verified"
                     && let Some(user) = event["payload"]["user_id"].as_str()
                 {
-                    verified_events += 1;
+                    if expected.contains(user) {
+                        verified_events += 1;
+                    } else {
+                        other_verified_events += 1;
+                    }
                     verified.insert(user.to_string());
                 }
                 if !exit {
@@ -442,8 +449,9 @@ pub fn watch(
             let missing: Vec<&String> = expected.difference(&verified).collect();
             if missing.is_empty() {
                 return Ok(Some(Summary {
-                    verified: verified.len(),
+                    verified: expected.intersection(&verified).count(),
                     verified_events,
+                    other_verified_events,
                     events: event_count,
                     records: system.records(),
                 }));

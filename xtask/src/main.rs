@@ -11,7 +11,9 @@ commands:
   demo             run the whole system locally (embedded broker unless KAFKA_BROKERS is set)
                    [--users N] create N users; [--exit] exit once their chains complete
                    [--timeout SECS] how long --exit waits (default 120)
-  test             run every check: fmt, clippy, handler builds, all tests, the demo's full chain";
+  test             run every check: fmt, clippy, handler builds, all tests, the demo's full chain,
+                   the end-to-end suite on Tansu (installed into ~/.cache/kafka-wasm when missing)
+  e2e              only the end-to-end suite on Tansu";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,6 +24,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some("test") => test(),
+        Some("e2e") => xtask::e2e::run(&*stop_flag()?),
         Some("demo") => xtask::demo::run(xtask::demo::Options::parse(&args[1..])?, stop_flag()?),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
@@ -57,6 +60,8 @@ fn test() -> anyhow::Result<()> {
     step("demo: the full chain for 50 users through real processes on the embedded broker");
     let options = xtask::demo::Options { users: Some(50), exit: true, timeout: std::time::Duration::from_secs(120) };
     xtask::demo::run(options, stop_flag()?)?;
+    step("end-to-end suite on a real broker (Tansu)");
+    xtask::e2e::run(&*stop_flag()?)?;
     Ok(())
 }
 
