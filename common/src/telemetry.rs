@@ -1,5 +1,6 @@
-//! Logging set-up: human-readable lines on a terminal, one JSON object per line when
-//! `LOG_FORMAT=json` (for CloudWatch and other collectors). `RUST_LOG` filters (default `info`).
+//! Logging set-up (human-readable lines on a terminal, one JSON object per line when
+//! `LOG_FORMAT=json`, for CloudWatch and other collectors; `RUST_LOG` filters, default `info`)
+//! and the Prometheus text rendering both services serve.
 
 use std::io::IsTerminal;
 
@@ -34,4 +35,13 @@ pub fn init(format: LogFormat) {
     if let Err(e) = result {
         eprintln!("logging already set up: {e}");
     }
+}
+
+/// A metrics registry in the Prometheus text exposition format.
+pub fn render_metrics(registry: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        tracing::error!("cannot encode metrics: {e}");
+    }
+    out
 }

@@ -79,10 +79,6 @@ impl Default for Metrics {
 impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
-            tracing::error!("cannot encode metrics: {e}");
-        }
-        out
+        common::telemetry::render_metrics(&self.registry)
     }
 }
