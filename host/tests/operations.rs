@@ -66,6 +66,7 @@ async fn hot_reload_swaps_rejects_and_removes_handlers_without_losing_records() 
     let new_digest = sha256(&fixture("trivial"));
     let took =
         wait_for(Duration::from_secs(5), || async { handlers(addr).await[0]["sha256"] == new_digest.as_str() }).await;
+    eprintln!("hot reload: swapped in {took:?}");
     assert!(took <= Duration::from_secs(1), "swapped in {took:?}, more than 1 s");
     swapped.await.expect("producer task");
     wait_for(Duration::from_secs(20), || async { metric(addr, ok).await >= 60.0 }).await;
