@@ -2,14 +2,16 @@
 //! and the host, and turned into an rdkafka `ClientConfig`.
 //!
 //! Variables: `KAFKA_BROKERS`, `KAFKA_SECURITY_PROTOCOL` (`plaintext`, `ssl`, `sasl_plaintext`,
-//! `sasl_ssl`), `KAFKA_SASL_MECHANISM` (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`),
+//! `sasl_ssl`), `KAFKA_SASL_MECHANISM` (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`, or
+//! `AWS_MSK_IAM` for Amazon MSK's IAM authentication, with `AWS_REGION`),
 //! `KAFKA_SASL_USERNAME`, `KAFKA_SASL_PASSWORD`, `KAFKA_SSL_CA_LOCATION`, `KAFKA_CLIENT_ID`, and
 //! `KAFKA_OPT_<NAME>` to pass any other librdkafka property through (`KAFKA_OPT_FETCH_MAX_BYTES`
 //! sets `fetch.max.bytes`: the name lower-cased, `_` becoming `.`). Any other `KAFKA_` variable
 //! that this project does not know is an error, so a misspelt name fails at start.
 
 use crate::env::{ConfigError, Env, Problems};
-use rdkafka::ClientConfig;
+use rdkafka::client::OAuthToken;
+use rdkafka::{ClientConfig, ClientContext};
 
 /// Every `KAFKA_` variable the project reads (either service); others are rejected.
 pub const KNOWN_VARIABLES: &[&str] = &[
@@ -100,6 +102,9 @@ impl std::fmt::Debug for Sasl {
     }
 }
 
+/// The mechanism name that selects Amazon MSK IAM authentication.
+pub const MSK_IAM: &str = "AWS_MSK_IAM";
+
 /// Validated Kafka settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaSettings {
@@ -107,8 +112,10 @@ pub struct KafkaSettings {
     pub brokers: String,
     /// Transport security.
     pub security_protocol: SecurityProtocol,
-    /// SASL credentials, when the protocol uses SASL.
+    /// SASL credentials, when the protocol uses SASL with a user and password.
     pub sasl: Option<Sasl>,
+    /// The AWS region, when authenticating to Amazon MSK with IAM (SASL/OAUTHBEARER).
+    pub msk_iam_region: Option<String>,
     /// CA bundle for TLS, when not the system's.
     pub ssl_ca_location: Option<String>,
     /// Client id sent to the brokers.
@@ -135,10 +142,21 @@ impl KafkaSettings {
             }
         }
         let security_protocol = p.parse(env, "KAFKA_SECURITY_PROTOCOL", SecurityProtocol::Plaintext);
-        let sasl = if security_protocol.uses_sasl() {
-            let mechanism = env.get("KAFKA_SASL_MECHANISM").unwrap_or("SCRAM-SHA-512").to_ascii_uppercase();
+        let mechanism = env.get("KAFKA_SASL_MECHANISM").unwrap_or("SCRAM-SHA-512").to_ascii_uppercase();
+        let (sasl, msk_iam_region) = if security_protocol.uses_sasl() && mechanism == MSK_IAM {
+            if security_protocol != SecurityProtocol::SaslSsl {
+                p.push("KAFKA_SASL_MECHANISM=AWS_MSK_IAM needs KAFKA_SECURITY_PROTOCOL=sasl_ssl");
+            }
+            let region = env.get("AWS_REGION").or_else(|| env.get("AWS_DEFAULT_REGION")).map(str::to_string);
+            if region.is_none() {
+                p.push("KAFKA_SASL_MECHANISM=AWS_MSK_IAM needs AWS_REGION");
+            }
+            (None, region)
+        } else if security_protocol.uses_sasl() {
             if !matches!(mechanism.as_str(), "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") {
-                p.push(format!("KAFKA_SASL_MECHANISM={mechanism:?}: expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"));
+                p.push(format!(
+                    "KAFKA_SASL_MECHANISM={mechanism:?}: expected PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or {MSK_IAM}"
+                ));
             }
             let username = env.get("KAFKA_SASL_USERNAME").unwrap_or_default().to_string();
             let password = env.get("KAFKA_SASL_PASSWORD").unwrap_or_default().to_string();
@@ -147,14 +165,14 @@ impl KafkaSettings {
                     "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with a sasl_* KAFKA_SECURITY_PROTOCOL",
                 );
             }
-            Some(Sasl { mechanism, username, password })
+            (Some(Sasl { mechanism, username, password }), None)
         } else {
             for name in ["KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"] {
                 if env.get(name).is_some() {
                     p.push(format!("{name} is set but KAFKA_SECURITY_PROTOCOL does not use SASL"));
                 }
             }
-            None
+            (None, None)
         };
         let topic_partitions = p.parse_in(env, "KAFKA_TOPIC_PARTITIONS", 8, 1..=10_000);
         let replication_factor = p.parse_in(env, "KAFKA_REPLICATION_FACTOR", 1, 1..=32);
@@ -178,6 +196,7 @@ impl KafkaSettings {
             brokers,
             security_protocol,
             sasl,
+            msk_iam_region,
             ssl_ca_location: env.get("KAFKA_SSL_CA_LOCATION").map(str::to_string),
             client_id: env.get("KAFKA_CLIENT_ID").map(str::to_string),
             topic_partitions,
@@ -197,6 +216,9 @@ impl KafkaSettings {
                 .set("sasl.username", &sasl.username)
                 .set("sasl.password", &sasl.password);
         }
+        if self.msk_iam_region.is_some() {
+            config.set("sasl.mechanism", "OAUTHBEARER");
+        }
         if let Some(ca) = &self.ssl_ca_location {
             config.set("ssl.ca.location", ca);
         }
@@ -207,6 +229,39 @@ impl KafkaSettings {
             config.set(k, v);
         }
         config
+    }
+}
+
+/// The client context every Kafka client of the project uses: it answers librdkafka's
+/// OAUTHBEARER token requests with MSK IAM tokens when IAM authentication is configured.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaContext {
+    msk_iam_region: Option<String>,
+}
+
+impl KafkaContext {
+    /// The context for clients made from `settings`.
+    pub fn new(settings: &KafkaSettings) -> Self {
+        Self { msk_iam_region: settings.msk_iam_region.clone() }
+    }
+
+    /// A fresh OAUTHBEARER token (for contexts of other types that delegate here).
+    pub fn oauth_token(&self) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        let region = self
+            .msk_iam_region
+            .as_deref()
+            .ok_or("an OAUTHBEARER token was requested but AWS_MSK_IAM is not configured")?;
+        let credentials = crate::msk_iam::credentials()?;
+        let (token, lifetime_ms) = crate::msk_iam::token(&credentials, region, chrono::Utc::now());
+        Ok(OAuthToken { token, principal_name: "msk-iam".into(), lifetime_ms })
+    }
+}
+
+impl ClientContext for KafkaContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(&self, _config: Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        self.oauth_token()
     }
 }
 
@@ -239,6 +294,25 @@ mod tests {
         assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
         assert_eq!(c.get("fetch.max.bytes"), Some("1048576"));
         assert!(!format!("{s:?}").contains("hunter2"), "the password is never printed");
+    }
+
+    #[test]
+    fn msk_iam_uses_oauthbearer_over_tls_and_needs_a_region() {
+        let env = Env::from_pairs([
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+            ("KAFKA_SASL_MECHANISM", "AWS_MSK_IAM"),
+            ("AWS_REGION", "eu-west-1"),
+        ]);
+        let s = KafkaSettings::from_env(&env).expect("valid");
+        assert_eq!(s.msk_iam_region.as_deref(), Some("eu-west-1"));
+        assert_eq!(s.client_config().get("sasl.mechanism"), Some("OAUTHBEARER"));
+        assert_eq!(s.client_config().get("sasl.username"), None);
+        let err = KafkaSettings::from_env(&Env::from_pairs([
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_plaintext"),
+            ("KAFKA_SASL_MECHANISM", "AWS_MSK_IAM"),
+        ]))
+        .expect_err("no tls, no region");
+        assert!(err.to_string().contains("sasl_ssl") && err.to_string().contains("AWS_REGION"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod env;
 pub mod kafka;
+pub mod msk_iam;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topics;

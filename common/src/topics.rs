@@ -2,9 +2,8 @@
 //! (their partition count is the operator's), missing ones are created with the configured
 //! partitions and replication factor.
 
-use crate::kafka::KafkaSettings;
+use crate::kafka::{KafkaContext, KafkaSettings};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use std::time::Duration;
 
@@ -38,7 +37,8 @@ pub async fn ensure_topics(
     topics: &[&str],
     timeout: Duration,
 ) -> Result<Vec<String>, TopicError> {
-    let admin: AdminClient<DefaultClientContext> = settings.client_config().create().map_err(TopicError::Client)?;
+    let admin: AdminClient<KafkaContext> =
+        settings.client_config().create_with_context(KafkaContext::new(settings)).map_err(TopicError::Client)?;
     let existing: Vec<String> = {
         let metadata = admin
             .inner()

@@ -2,7 +2,7 @@
 //! placement (`murmur2_random`). `publish` returns only once the broker acknowledged the record,
 //! or fails within the produce timeout: never a success for an unpublished record.
 
-use common::kafka::KafkaSettings;
+use common::kafka::{KafkaContext, KafkaSettings};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -31,7 +31,7 @@ pub enum PublishError {
 
 /// The Kafka producer.
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: FutureProducer<KafkaContext>,
     timeout: Duration,
 }
 
@@ -51,7 +51,7 @@ impl Publisher {
             .set("partitioner", "murmur2_random")
             .set("message.timeout.ms", timeout.as_millis().to_string())
             .set("linger.ms", "2");
-        Ok(Self { producer: config.create()?, timeout })
+        Ok(Self { producer: config.create_with_context(KafkaContext::new(settings))?, timeout })
     }
 
     /// Publishes one record and waits for the broker's acknowledgement.

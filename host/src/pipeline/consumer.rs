@@ -29,6 +29,7 @@ pub(crate) struct Partitions {
 /// The consumer's callbacks.
 pub struct HostContext {
     shared: Arc<Shared>,
+    kafka: common::kafka::KafkaContext,
     partitions: Mutex<Partitions>,
 }
 
@@ -86,6 +87,15 @@ impl HostContext {
 }
 
 impl ClientContext for HostContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        self.kafka.oauth_token()
+    }
+
     fn stats(&self, statistics: Statistics) {
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
@@ -226,7 +236,11 @@ impl PollLoop {
                 config.set(property, value);
             }
         }
-        let context = HostContext { shared: shared.clone(), partitions: Mutex::default() };
+        let context = HostContext {
+            shared: shared.clone(),
+            kafka: common::kafka::KafkaContext::new(settings),
+            partitions: Mutex::default(),
+        };
         let consumer = Arc::new(config.create_with_context::<_, BaseConsumer<HostContext>>(context)?);
         let _ = shared.consumer.set(Arc::downgrade(&consumer));
         Ok(Self { consumer, shared })

@@ -3,7 +3,7 @@
 //! the partition is revoked or the host stops (then the source record is redelivered later).
 
 use crate::record::Record;
-use common::kafka::KafkaSettings;
+use common::kafka::{KafkaContext, KafkaSettings};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 /// The retry/dead-letter producer.
 pub struct Deliverer {
-    producer: FutureProducer,
+    producer: FutureProducer<KafkaContext>,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -39,7 +39,7 @@ impl Deliverer {
             .set("acks", "all")
             .set("message.timeout.ms", "30000")
             .set("linger.ms", "1");
-        Ok(Self { producer: config.create()? })
+        Ok(Self { producer: config.create_with_context(KafkaContext::new(settings))? })
     }
 
     /// Sends `record`'s key and value with `headers` to `topic`, retrying with backoff until the
