@@ -118,6 +118,9 @@ pub struct HostConfig {
     pub group_id: String,
     /// Where `<topic>.wasm` and `<topic>.toml` files live.
     pub handlers_dir: PathBuf,
+    /// Handlers copied into an empty `handlers_dir` at start (the image's defaults, when
+    /// `handlers_dir` is a fresh shared volume).
+    pub handlers_seed_dir: Option<PathBuf>,
     /// Base URL of the producer service.
     pub producer_url: String,
     /// HTTP port (0: any free port).
@@ -137,6 +140,7 @@ pub struct HostConfig {
 /// Every variable the host reads besides the shared `KAFKA_*` ones.
 pub const VARIABLES: &[&str] = &[
     "HANDLERS_DIR",
+    "HANDLERS_SEED_DIR",
     "PRODUCER_URL",
     "PORT",
     "LOG_FORMAT",
@@ -227,6 +231,7 @@ impl HostConfig {
             kafka,
             group_id,
             handlers_dir: PathBuf::from(env.get("HANDLERS_DIR").unwrap_or("./handlers")),
+            handlers_seed_dir: env.get("HANDLERS_SEED_DIR").map(PathBuf::from),
             producer_url,
             port,
             log_format,

@@ -37,6 +37,9 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         "HANDLERS_DIR {} is not a directory (create it and put <topic>.wasm files in it)",
         config.handlers_dir.display()
     );
+    if let Some(seed) = &config.handlers_seed_dir {
+        seed_handlers(seed, &config.handlers_dir)?;
+    }
     let engine = Arc::new(WasmEngine::new(config.engine.clone())?);
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
@@ -102,6 +105,27 @@ impl Running {
         }
         tracing::info!("host stopped");
     }
+}
+
+/// Copies the handler files of `seed` into `dir` when `dir` holds no handler yet (each file
+/// written under a temporary name and renamed, so the loader never sees half a file).
+fn seed_handlers(seed: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<()> {
+    let is_handler = |p: &std::path::Path| p.extension().is_some_and(|e| e == "wasm");
+    let has_handlers = std::fs::read_dir(dir)?.filter_map(Result::ok).any(|e| is_handler(&e.path()));
+    if has_handlers {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(seed).with_context(|| format!("cannot read HANDLERS_SEED_DIR {}", seed.display()))? {
+        let path = entry?.path();
+        let Some(name) = path.file_name() else { continue };
+        if is_handler(&path) || path.extension().is_some_and(|e| e == "toml") {
+            let tmp = dir.join(format!(".{}.seed", name.to_string_lossy()));
+            std::fs::copy(&path, &tmp).with_context(|| format!("cannot copy {}", path.display()))?;
+            std::fs::rename(&tmp, dir.join(name))?;
+            tracing::info!(file = %name.to_string_lossy(), "seeded handler from {}", seed.display());
+        }
+    }
+    Ok(())
 }
 
 /// Runs until `signal` resolves, then shuts down gracefully.

@@ -233,3 +233,25 @@ async fn the_host_rides_out_a_broker_outage() {
     host.shutdown().await;
     assert_eq!(committed(&mock, &group, "orders").iter().sum::<i64>(), 30);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_handlers_dir_is_seeded_and_a_populated_one_is_left_alone() {
+    let mock = cluster(&["orders"]);
+    let seed = handlers_dir("orders");
+    let empty = tempfile::tempdir().expect("tempdir");
+    let seed_path = seed.path().display().to_string();
+    let host = start_host(host_env(&mock, empty.path(), &uuid_like(), &[("HANDLERS_SEED_DIR", &seed_path)])).await;
+    assert!(empty.path().join("orders.wasm").exists(), "seeded");
+    assert_eq!(handlers(host.addr).await[0]["state"], "active");
+    host.shutdown().await;
+
+    let populated = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(fixture("trivial"), populated.path().join("orders.wasm")).expect("copy");
+    let host = start_host(host_env(&mock, populated.path(), &uuid_like(), &[("HANDLERS_SEED_DIR", &seed_path)])).await;
+    assert_eq!(
+        handlers(host.addr).await[0]["sha256"],
+        sha256(&fixture("trivial")).as_str(),
+        "a directory with handlers is not seeded"
+    );
+    host.shutdown().await;
+}
