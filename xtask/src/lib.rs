@@ -2,6 +2,7 @@
 //! the wasm32-wasip2 target check and the builds of the handler and fixture workspaces.
 
 pub mod demo;
+pub mod deploy;
 pub mod e2e;
 
 use anyhow::{Context, bail};

@@ -55,6 +55,8 @@ fn test() -> anyhow::Result<()> {
             .arg(target_dir)
             .args(["--", "-D", "warnings"]))?;
     }
+    step("deployment checks: cfn-lint on the addons, hadolint on the Dockerfile");
+    xtask::deploy::lint()?;
     step("tests");
     run(cargo().current_dir(&root).args(["test", "--workspace"]))?;
     step("demo: the full chain for 50 users through real processes on the embedded broker");
