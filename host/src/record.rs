@@ -47,16 +47,24 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome's label, in [`Outcome::index`] order.
+    pub const LABELS: [&'static str; 6] = ["ok", "retry", "reject", "trap", "timeout", "memory"];
+
+    /// The position of this outcome's label in [`Outcome::LABELS`].
+    pub fn index(&self) -> usize {
+        match self {
+            Outcome::Ok => 0,
+            Outcome::Retry(_) => 1,
+            Outcome::Reject(_) => 2,
+            Outcome::Trap(_) => 3,
+            Outcome::Timeout(_) => 4,
+            Outcome::Memory(_) => 5,
+        }
+    }
+
     /// The outcome's short name, as used in metrics and the CLI output.
     pub fn label(&self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Retry(_) => "retry",
-            Outcome::Reject(_) => "reject",
-            Outcome::Trap(_) => "trap",
-            Outcome::Timeout(_) => "timeout",
-            Outcome::Memory(_) => "memory",
-        }
+        Self::LABELS[self.index()]
     }
 
     /// The reason given with the outcome, if any.

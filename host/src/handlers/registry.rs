@@ -87,13 +87,12 @@ pub struct TopicCounters {
     pub rejected_loads: AtomicU64,
 }
 
-const OUTCOMES: [&str; 6] = ["ok", "retry", "reject", "trap", "timeout", "memory"];
+const OUTCOMES: [&str; 6] = Outcome::LABELS;
 
 impl TopicCounters {
     /// Counts one handler call.
     pub fn count(&self, outcome: &Outcome) {
-        let i = OUTCOMES.iter().position(|o| *o == outcome.label()).unwrap_or(0);
-        self.outcomes[i].fetch_add(1, Ordering::Relaxed);
+        self.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -131,11 +130,14 @@ struct Slot {
 pub struct Registry {
     slots: RwLock<BTreeMap<String, Slot>>,
     topics: watch::Sender<Vec<String>>,
+    /// Bumped on every install and removal, so readers can keep what they looked up until it
+    /// changes (one atomic load per record instead of a lock and a map lookup).
+    generation: AtomicU64,
 }
 
 impl Default for Registry {
     fn default() -> Self {
-        Self { slots: RwLock::default(), topics: watch::channel(Vec::new()).0 }
+        Self { slots: RwLock::default(), topics: watch::channel(Vec::new()).0, generation: AtomicU64::new(0) }
     }
 }
 
@@ -175,6 +177,31 @@ impl Registry {
         self.read().get(topic).and_then(|s| s.active.clone())
     }
 
+    /// The current generation: it changes whenever any topic's handler is installed or removed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The active handler of `topic`, looked up again only when the registry changed since
+    /// `cache` was filled.
+    pub fn get_cached(
+        &self,
+        topic: &str,
+        cache: &mut Option<(u64, Option<Arc<ActiveHandler>>)>,
+    ) -> Option<Arc<ActiveHandler>> {
+        let generation = self.generation();
+        match cache {
+            Some((seen, handler)) if *seen == generation => handler.clone(),
+            _ => {
+                // Read the generation before the lookup: a change in between makes the next
+                // call look up again.
+                let handler = self.get(topic);
+                *cache = Some((generation, handler.clone()));
+                handler
+            }
+        }
+    }
+
     /// The counters of `topic`.
     pub fn counters(&self, topic: &str) -> Arc<TopicCounters> {
         if let Some(slot) = self.read().get(topic) {
@@ -191,6 +218,7 @@ impl Registry {
         slot.active = Some(Arc::new(handler));
         slot.removed = false;
         slot.last_error = None;
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.publish_topics(&slots);
     }
 
@@ -209,6 +237,7 @@ impl Registry {
             slot.active = None;
             slot.removed = true;
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.publish_topics(&slots);
     }
 

@@ -174,10 +174,11 @@ impl ConsumerContext for HostContext {
 fn commit(shared: &Shared, consumer: &BaseConsumer<HostContext>, keys: Option<&[Key]>, when: &str) {
     let offsets: Vec<(Key, i64)> = {
         let mut stored = shared.stored.lock().unwrap_or_else(|e| e.into_inner());
-        match keys {
+        let taken: Vec<(Key, Arc<std::sync::atomic::AtomicI64>)> = match keys {
             Some(keys) => keys.iter().filter_map(|k| stored.remove(k).map(|o| (k.clone(), o))).collect(),
             None => stored.drain().collect(),
-        }
+        };
+        taken.into_iter().map(|(k, o)| (k, o.load(Ordering::Acquire))).filter(|(_, o)| *o >= 0).collect()
     };
     if offsets.is_empty() {
         return;

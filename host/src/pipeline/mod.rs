@@ -35,25 +35,24 @@ pub struct Shared {
     pub(crate) producer_client: ProducerClient,
     pub(crate) deliverer: deliver::Deliverer,
     pub(crate) consumer: OnceLock<Weak<BaseConsumer<HostContext>>>,
-    /// The next offset to commit per partition: one past the last record whose outcome is
-    /// final. Explicit commits (revoke, shutdown) commit exactly these, never the fetch position.
-    pub(crate) stored: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
+    /// Per partition, the next offset to commit: one past the last record whose outcome is
+    /// final (-1 before the first). Each partition task writes its own; explicit commits
+    /// (revoke, shutdown) commit exactly these, never the fetch position.
+    pub(crate) stored: std::sync::Mutex<std::collections::HashMap<(String, i32), Arc<std::sync::atomic::AtomicI64>>>,
     pub(crate) health: Arc<Health>,
     pub(crate) drain_timeout: Duration,
     pub(crate) runtime: tokio::runtime::Handle,
 }
 
 impl Shared {
-    /// Records that every record of `topic`/`partition` before `next` has a final outcome.
-    pub(crate) fn store_offset(&self, topic: &str, partition: i32, next: i64) {
-        self.stored.lock().unwrap_or_else(|e| e.into_inner()).insert((topic.to_string(), partition), next);
-        // librdkafka's `rd_kafka_offset_store` takes the record's own offset and stores one
-        // past it for the next (auto-)commit.
-        if let Some(consumer) = self.consumer.get().and_then(Weak::upgrade)
-            && let Err(e) = rdkafka::consumer::Consumer::store_offset(&*consumer, topic, partition, next - 1)
-        {
-            tracing::debug!(topic, partition, next, "offset not stored (partition no longer assigned?): {e}");
-        }
+    /// The slot a partition task records its next offset to commit in (registered on first use).
+    pub(crate) fn offset_slot(&self, topic: &str, partition: i32) -> Arc<std::sync::atomic::AtomicI64> {
+        self.stored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((topic.to_string(), partition))
+            .or_insert_with(|| Arc::new(std::sync::atomic::AtomicI64::new(-1)))
+            .clone()
     }
 }
 

@@ -6,12 +6,17 @@ use super::Shared;
 use super::consumer::HostContext;
 use super::deliver::Sent;
 use super::headers::{DeadLetter, dlq_headers, parse_retry, retry_headers};
-use crate::handlers::{HandlerCode, RETRY_SUFFIX, dlq_topic, retry_topic};
+use crate::handlers::{ActiveHandler, HandlerCode, RETRY_SUFFIX, TopicCounters, dlq_topic, retry_topic};
 use crate::metrics::{KindLabels, OutcomeLabels, TopicLabels};
 use crate::record::{Outcome, Record};
 use crate::runtime::Worker;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::Consumer;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -79,6 +84,67 @@ async fn next_record(
     }
 }
 
+/// What a partition task keeps between records, so the per-record path takes no lock and
+/// allocates no metric label.
+struct PartitionState {
+    handler_topic: String,
+    from_retry_topic: bool,
+    worker: Option<Worker>,
+    handler: Option<(u64, Option<Arc<ActiveHandler>>)>,
+    counters: Arc<TopicCounters>,
+    outcomes: Vec<Counter>,
+    duration: Histogram,
+    dropped: Counter,
+    next_offset: Arc<AtomicI64>,
+    store: TopicPartitionList,
+}
+
+impl PartitionState {
+    fn new(shared: &Shared, topic: &str, partition: i32) -> Self {
+        let (handler_topic, from_retry_topic) = match topic.strip_suffix(RETRY_SUFFIX) {
+            Some(base) => (base.to_string(), true),
+            None => (topic.to_string(), false),
+        };
+        let label = TopicLabels { topic: handler_topic.clone() };
+        let outcomes = Outcome::LABELS
+            .iter()
+            .map(|o| {
+                shared
+                    .metrics
+                    .records
+                    .get_or_create(&OutcomeLabels { topic: handler_topic.clone(), outcome: (*o).to_string() })
+                    .clone()
+            })
+            .collect();
+        let mut store = TopicPartitionList::with_capacity(1);
+        store.add_partition(topic, partition);
+        Self {
+            counters: shared.registry.counters(&handler_topic),
+            duration: shared.metrics.handler_seconds.get_or_create(&label).clone(),
+            dropped: shared.metrics.dropped.get_or_create(&label).clone(),
+            outcomes,
+            handler_topic,
+            from_retry_topic,
+            worker: None,
+            handler: None,
+            next_offset: shared.offset_slot(topic, partition),
+            store,
+        }
+    }
+
+    /// Records that the partition's records before `next` have final outcomes, for the next
+    /// auto-commit and for explicit commits.
+    fn store_offset(&mut self, shared: &Shared, next: i64) {
+        self.next_offset.store(next, Ordering::Release);
+        let Some(consumer) = shared.consumer.get().and_then(std::sync::Weak::upgrade) else { return };
+        if self.store.set_all_offsets(rdkafka::Offset::Offset(next)).is_ok()
+            && let Err(e) = consumer.store_offsets(&self.store)
+        {
+            tracing::debug!(next, "offset not stored (partition no longer assigned?): {e}");
+        }
+    }
+}
+
 async fn run(
     shared: Arc<Shared>,
     topic: String,
@@ -87,11 +153,7 @@ async fn run(
     ready: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (handler_topic, from_retry_topic) = match topic.strip_suffix(RETRY_SUFFIX) {
-        Some(base) => (base.to_string(), true),
-        None => (topic.clone(), false),
-    };
-    let mut worker: Option<Worker> = None;
+    let mut state = PartitionState::new(&shared, &topic, partition);
     tracing::debug!(topic, partition, "partition worker started");
     while let Some(record) = next_record(&queue, &ready, &mut stop).await {
         // A busy partition must not starve the other tasks on its thread (HTTP, other
@@ -99,26 +161,20 @@ async fn run(
         tokio::task::consume_budget().await;
         let offset = record.offset;
         let span = tracing::info_span!("record", topic = %topic, partition, offset);
-        let done =
-            handle(&shared, &mut worker, &handler_topic, from_retry_topic, record, &mut stop).instrument(span).await;
+        let done = handle(&shared, &mut state, record, &mut stop).instrument(span).await;
         if done == Done::Abandoned {
             break;
         }
-        shared.store_offset(&topic, partition, offset + 1);
+        state.store_offset(&shared, offset + 1);
     }
     tracing::debug!(topic, partition, "partition worker stopped");
 }
 
 /// Handles one record to a final outcome, or abandons it when told to stop.
-async fn handle(
-    shared: &Shared,
-    worker: &mut Option<Worker>,
-    handler_topic: &str,
-    from_retry_topic: bool,
-    record: Record,
-    stop: &mut watch::Receiver<bool>,
-) -> Done {
-    let (mut record, hops) = if from_retry_topic {
+async fn handle(shared: &Shared, state: &mut PartitionState, record: Record, stop: &mut watch::Receiver<bool>) -> Done {
+    let handler_topic = state.handler_topic.clone();
+    let handler_topic = handler_topic.as_str();
+    let (mut record, hops) = if state.from_retry_topic {
         match parse_retry(record.clone()) {
             Ok(delivery) => {
                 let wait_ms = delivery.not_before_ms - chrono::Utc::now().timestamp_millis();
@@ -139,23 +195,22 @@ async fn handle(
         (record, 0)
     };
 
-    let counters = shared.registry.counters(handler_topic);
     let mut in_place = 0u32;
     loop {
-        let Some(handler) = shared.registry.get(handler_topic) else {
+        let Some(handler) = shared.registry.get_cached(handler_topic, &mut state.handler) else {
             tracing::info!("no handler for {handler_topic} any more; leaving the record for redelivery");
             return Done::Abandoned;
         };
         shared.metrics.in_flight.inc();
         let invocation = match &handler.code {
             HandlerCode::Wasm(module) => {
-                let w = match worker {
+                let w = match &mut state.worker {
                     Some(w) if w.module().same_load(module) => w,
                     Some(w) => {
                         w.swap(module.clone());
                         w
                     }
-                    None => worker.insert(Worker::new(module.clone(), shared.producer_client.clone())),
+                    None => state.worker.insert(Worker::new(module.clone(), shared.producer_client.clone())),
                 };
                 w.invoke(&record).await
             }
@@ -164,23 +219,20 @@ async fn handle(
         shared.metrics.in_flight.dec();
 
         let outcome = invocation.outcome;
-        let topic_label = TopicLabels { topic: handler_topic.to_string() };
-        shared
-            .metrics
-            .records
-            .get_or_create(&OutcomeLabels { topic: handler_topic.to_string(), outcome: outcome.label().to_string() })
-            .inc();
-        shared.metrics.handler_seconds.get_or_create(&topic_label).observe(invocation.duration.as_secs_f64());
+        state.outcomes[outcome.index()].inc();
+        state.duration.observe(invocation.duration.as_secs_f64());
         if invocation.dropped > 0 {
-            shared.metrics.dropped.get_or_create(&topic_label).inc_by(u64::from(invocation.dropped));
+            state.dropped.inc_by(u64::from(invocation.dropped));
         }
-        counters.count(&outcome);
+        state.counters.count(&outcome);
         let digest = handler.code.digest();
         let policy = &handler.settings.retry;
         match &outcome {
             Outcome::Ok => {
                 tracing::debug!(attempt = record.attempt, us = invocation.duration.as_micros() as u64, "ok");
-                shared.events.publish(invocation.events);
+                if !invocation.events.is_empty() {
+                    shared.events.publish(invocation.events);
+                }
                 return Done::Final;
             }
             Outcome::Reject(reason) => {
@@ -252,7 +304,7 @@ async fn handle(
                             .retries
                             .get_or_create(&KindLabels { topic: handler_topic.to_string(), kind: "retry_topic".into() })
                             .inc();
-                        counters.sent_to_retry.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        state.counters.sent_to_retry.fetch_add(1, Ordering::Relaxed);
                         Done::Final
                     }
                     Sent::Abandoned => Done::Abandoned,
@@ -277,7 +329,7 @@ async fn dead_letter(
                 .dead_lettered
                 .get_or_create(&KindLabels { topic: handler_topic.to_string(), kind: dead.cause.to_string() })
                 .inc();
-            shared.registry.counters(handler_topic).dead_lettered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shared.registry.counters(handler_topic).dead_lettered.fetch_add(1, Ordering::Relaxed);
             Done::Final
         }
         Sent::Abandoned => Done::Abandoned,

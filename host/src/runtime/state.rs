@@ -30,6 +30,8 @@ pub struct CallContext {
     pub log_lines: u32,
     /// Log lines and events dropped at a cap.
     pub dropped: u32,
+    /// When the current call's time limit runs out: producer calls get at most what is left.
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// Enforces the linear-memory cap and remembers that it was hit, so a failed `memory.grow` can be
@@ -90,7 +92,8 @@ impl HostState {
     }
 
     /// Starts a new record: clears what the previous one collected.
-    pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
+    pub fn begin(&mut self, topic: &str, partition: i32, offset: i64, deadline: std::time::Instant) {
+        self.ctx.deadline = Some(deadline);
         self.ctx.topic.clear();
         self.ctx.topic.push_str(topic);
         self.ctx.partition = partition;
@@ -142,7 +145,10 @@ impl producer_api::Host for HostState {
             status: None,
             error: None,
         };
-        let result = if self.ctx.calls.len() >= self.limits.max_producer_calls as usize {
+        let left = self.ctx.deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        let result = if left.is_some_and(|l| l.is_zero()) {
+            Err(CallError::Timeout)
+        } else if self.ctx.calls.len() >= self.limits.max_producer_calls as usize {
             Err(CallError::Denied(format!(
                 "the limit of {} producer calls per record is reached",
                 self.limits.max_producer_calls
@@ -151,7 +157,8 @@ impl producer_api::Host for HostState {
             let key =
                 format!("{}:{}:{}:{}", self.ctx.topic, self.ctx.partition, self.ctx.offset, self.ctx.calls.len() + 1);
             let bounds = CallBounds {
-                timeout: self.limits.producer_timeout(),
+                // A producer call never outlives the handler call's own time limit.
+                timeout: left.map_or(self.limits.producer_timeout(), |l| l.min(self.limits.producer_timeout())),
                 max_request_bytes: self.limits.max_producer_request_bytes,
                 max_response_bytes: self.limits.max_producer_response_bytes,
             };

@@ -86,16 +86,17 @@ impl Worker {
             }
         };
 
-        live.store.data_mut().begin(&record.topic, record.partition, record.offset);
+        // The time limit: the epoch deadline interrupts guest code, and host calls get at most
+        // the time left (so a call blocked on the producer ends at the deadline too). No timer
+        // is armed per call.
+        live.store.data_mut().begin(&record.topic, record.partition, record.offset, Instant::now() + deadline);
         live.store.set_epoch_deadline(ticks);
         let wit = to_wit(record);
-        let result = tokio::time::timeout(deadline, live.bindings.call_handle(&mut live.store, &wit)).await;
-        let outcome = match result {
-            Err(_) => Outcome::Timeout(format!("the call did not finish within {} ms", limits.call_timeout_ms)),
-            Ok(Ok(Ok(()))) => Outcome::Ok,
-            Ok(Ok(Err(HandlerError::Retry(reason)))) => Outcome::Retry(reason),
-            Ok(Ok(Err(HandlerError::Reject(reason)))) => Outcome::Reject(reason),
-            Ok(Err(error)) => classify(&error, live.store.data().memory.exceeded, &limits),
+        let outcome = match live.bindings.call_handle(&mut live.store, &wit).await {
+            Ok(Ok(())) => Outcome::Ok,
+            Ok(Err(HandlerError::Retry(reason))) => Outcome::Retry(reason),
+            Ok(Err(HandlerError::Reject(reason))) => Outcome::Reject(reason),
+            Err(error) => classify(&error, live.store.data().memory.exceeded, &limits),
         };
 
         let ctx = &mut live.store.data_mut().ctx;
