@@ -32,6 +32,9 @@ pub struct CallContext {
     pub dropped: u32,
     /// When the current call's time limit runs out: producer calls get at most what is left.
     pub deadline: Option<std::time::Instant>,
+    /// A producer call was cut short by that limit: the call's outcome is `timeout`, whatever
+    /// the guest answers afterwards.
+    pub deadline_hit: bool,
 }
 
 /// Enforces the linear-memory cap and remembers that it was hit, so a failed `memory.grow` can be
@@ -94,6 +97,7 @@ impl HostState {
     /// Starts a new record: clears what the previous one collected.
     pub fn begin(&mut self, topic: &str, partition: i32, offset: i64, deadline: std::time::Instant) {
         self.ctx.deadline = Some(deadline);
+        self.ctx.deadline_hit = false;
         self.ctx.topic.clear();
         self.ctx.topic.push_str(topic);
         self.ctx.partition = partition;
@@ -146,7 +150,9 @@ impl producer_api::Host for HostState {
             error: None,
         };
         let left = self.ctx.deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        let capped = left.is_some_and(|l| l < self.limits.producer_timeout());
         let result = if left.is_some_and(|l| l.is_zero()) {
+            self.ctx.deadline_hit = true;
             Err(CallError::Timeout)
         } else if self.ctx.calls.len() >= self.limits.max_producer_calls as usize {
             Err(CallError::Denied(format!(
@@ -164,6 +170,9 @@ impl producer_api::Host for HostState {
             };
             self.producer.call(&request, Some(&key), bounds).await
         };
+        if capped && result == Err(CallError::Timeout) {
+            self.ctx.deadline_hit = true;
+        }
         match &result {
             Ok(r) => summary.status = Some(r.status),
             Err(e) => summary.error = Some(e.to_string()),

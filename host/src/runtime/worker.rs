@@ -93,6 +93,9 @@ impl Worker {
         live.store.set_epoch_deadline(ticks);
         let wit = to_wit(record);
         let outcome = match live.bindings.call_handle(&mut live.store, &wit).await {
+            _ if live.store.data().ctx.deadline_hit => {
+                Outcome::Timeout(format!("a producer call reached the {} ms time limit", limits.call_timeout_ms))
+            }
             Ok(Ok(())) => Outcome::Ok,
             Ok(Err(HandlerError::Retry(reason))) => Outcome::Retry(reason),
             Ok(Err(HandlerError::Reject(reason))) => Outcome::Reject(reason),
