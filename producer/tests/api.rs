@@ -6,11 +6,8 @@ use axum::body::Body;
 use axum::http::{self, Request, StatusCode};
 use common::env::Env;
 use producer::config::ProducerConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
-use rdkafka::{ClientConfig, TopicPartitionList};
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
 
@@ -75,38 +72,15 @@ fn consume(
     expect: usize,
     within: Duration,
 ) -> Vec<Consumed> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", mock.bootstrap_servers())
-        .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).expect("tpl");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let deadline = Instant::now() + within;
-    let mut out = Vec::new();
-    while out.len() < expect && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            let headers = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.push(Consumed {
-                key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                partition: m.partition(),
-                payload: serde_json::from_slice(m.payload().unwrap_or_default()).expect("json payload"),
-                headers,
-            });
-        }
-    }
-    out
+    testkit::read_topic(&mock.bootstrap_servers(), topic, PARTITIONS, expect, within)
+        .into_iter()
+        .map(|r| Consumed {
+            key: r.key.unwrap_or_default(),
+            partition: r.partition,
+            payload: serde_json::from_str(r.value.as_deref().unwrap_or_default()).expect("json payload"),
+            headers: r.headers,
+        })
+        .collect()
 }
 
 /// Kafka's Java-client murmur2, which librdkafka's `murmur2_random` partitioner matches.

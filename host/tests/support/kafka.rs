@@ -6,7 +6,7 @@ use common::env::Env;
 use host::config::HostConfig;
 use host::service::Running;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, TopicPartitionList};
@@ -50,21 +50,7 @@ pub async fn produce(
     p.send(record, Duration::from_secs(10)).await.expect("produce");
 }
 
-/// A record read back from a topic.
-#[derive(Debug, Clone)]
-pub struct Read {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<String>,
-    pub value: Option<String>,
-    pub headers: Vec<(String, String)>,
-}
-
-impl Read {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-}
+pub use testkit::Read;
 
 /// Reads `topic` from the beginning until `expect` records arrived or `within` passed.
 pub fn read_topic(
@@ -73,35 +59,7 @@ pub fn read_topic(
     expect: usize,
     within: Duration,
 ) -> Vec<Read> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", mock.bootstrap_servers())
-        .set("group.id", format!("reader-{}", uuid_like()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).expect("tpl");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let deadline = Instant::now() + within;
-    let mut out = Vec::new();
-    while out.len() < expect && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
-            out.push(Read {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: text(m.key()),
-                value: text(m.payload()),
-                headers: m
-                    .headers()
-                    .map(|h| h.iter().map(|h| (h.key.to_string(), text(h.value).unwrap_or_default())).collect())
-                    .unwrap_or_default(),
-            });
-        }
-    }
-    out
+    testkit::read_topic(&mock.bootstrap_servers(), topic, PARTITIONS, expect, within)
 }
 
 /// Committed offsets of `group` on `topic`, per partition (-1001 when none).
