@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 /// The Tansu release the suite is measured against.
 pub const TANSU_VERSION: &str = "0.6.0";
 
-/// Where installed tools are cached, outside the clone: `KAFKA_WASM_CACHE` or `~/.cache/kafka-wasm`.
+/// Where installed tools are cached, outside the clone: `XTASK_CACHE_DIR` or `~/.cache/kafka-wasm`.
 pub fn cache_dir() -> PathBuf {
-    match std::env::var_os("KAFKA_WASM_CACHE") {
+    match std::env::var_os("XTASK_CACHE_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into())).join(".cache/kafka-wasm"),
     }
