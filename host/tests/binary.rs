@@ -3,19 +3,13 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use support::fixture;
 use support::kafka::{cluster, committed, produce, producer, uuid_like};
 use tokio::process::Command;
 
 fn host() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_host"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    cmd
+    testkit::service_command(env!("CARGO_BIN_EXE_host"))
 }
 
 #[tokio::test]
@@ -45,7 +39,7 @@ async fn sigterm_finishes_commits_leaves_and_exits_0() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::copy(fixture("hostile"), dir.path().join("orders.wasm")).expect("copy");
     let group = uuid_like();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = testkit::free_port();
     let p = producer(&mock);
     for i in 0..30 {
         produce(&p, "orders", i % 3, "echo", "x", &[]).await;

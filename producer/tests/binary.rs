@@ -2,28 +2,18 @@
 //! SIGTERM that drains and exits 0.
 
 use rdkafka::mocking::MockCluster;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::Command;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 fn producer() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_producer"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    cmd
+    testkit::service_command(env!("CARGO_BIN_EXE_producer"))
 }
 
 #[tokio::test]
 async fn missing_token_secret_in_production_fails_at_start_with_the_reason() {
     let out = producer()
         .env("KAFKA_BROKERS", "127.0.0.1:1")
-        .env("PORT", free_port().to_string())
+        .env("PORT", testkit::free_port().to_string())
         .output()
         .await
         .expect("run");
@@ -42,7 +32,7 @@ async fn sigterm_stops_accepting_flushes_and_exits_0() {
     for topic in ["new-user-created", "issued-token"] {
         mock.create_topic(topic, 8, 1).expect("topic");
     }
-    let port = free_port();
+    let port = testkit::free_port();
     let mut child = producer()
         .env("KAFKA_BROKERS", mock.bootstrap_servers())
         .env("APP_ENV", "development")

@@ -1,8 +1,10 @@
-//! Helpers the test suites of `host` and `producer` share: reading a topic back from a broker.
+//! Helpers the test suites of `host` and `producer` share: reading a topic back from a broker,
+//! and starting a service binary as an operator would (clean environment, a free port).
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, TopicPartitionList};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// A record read back from a topic, as text.
@@ -60,4 +62,20 @@ pub fn read_topic(bootstrap: &str, topic: &str, partitions: i32, expect: usize, 
         }
     }
     out
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A command for the service binary at `path` with an empty environment (but `PATH`), stdout
+/// discarded and stderr captured, so a test sets exactly the variables an operator would.
+pub fn service_command(path: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(path);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
 }
