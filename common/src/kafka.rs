@@ -205,9 +205,11 @@ impl KafkaSettings {
         })
     }
 
-    /// A client configuration with the connection and security settings applied; services add
-    /// their own properties on top.
-    pub fn client_config(&self) -> ClientConfig {
+    /// A client configuration for a client of `role`, with the connection and security settings
+    /// applied; services add their own properties on top. Pass-through properties that do not
+    /// apply to the role (a consumer's `fetch.wait.max.ms` on a producer) are left out, so one set
+    /// of `KAFKA_OPT_*` variables serves every client of a service without librdkafka warnings.
+    pub fn client_config(&self, role: ClientRole) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers).set("security.protocol", self.security_protocol.as_rdkafka());
         if let Some(sasl) = &self.sasl {
@@ -225,10 +227,85 @@ impl KafkaSettings {
         if let Some(id) = &self.client_id {
             config.set("client.id", id);
         }
-        for (k, v) in &self.extra {
+        for (k, v) in self.extra.iter().filter(|(k, _)| role.accepts(k)) {
             config.set(k, v);
         }
         config
+    }
+}
+
+/// What a client does, which decides the pass-through properties it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientRole {
+    /// A producer: no consumer-only properties.
+    Producer,
+    /// A group consumer: no producer-only properties.
+    Consumer,
+    /// An admin client: neither.
+    Admin,
+}
+
+/// librdkafka properties that only consumers take (scope `C` in its CONFIGURATION.md).
+const CONSUMER_ONLY: &[&str] = &[
+    "group.instance.id",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol",
+    "group.protocol.type",
+    "group.remote.assignor",
+    "coordinator.query.interval.ms",
+    "max.poll.interval.ms",
+    "auto.commit.interval.ms",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.max.bytes",
+    "fetch.min.bytes",
+    "fetch.error.backoff.ms",
+    "isolation.level",
+    "enable.partition.eof",
+    "check.crcs",
+    "auto.offset.reset",
+    "consume.callback.max.messages",
+];
+
+/// librdkafka properties that only producers take (scope `P`).
+const PRODUCER_ONLY: &[&str] = &[
+    "transactional.id",
+    "transaction.timeout.ms",
+    "enable.gapless.guarantee",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.ms",
+    "linger.ms",
+    "message.send.max.retries",
+    "retries",
+    "queue.buffering.backpressure.threshold",
+    "compression.codec",
+    "compression.type",
+    "compression.level",
+    "batch.num.messages",
+    "batch.size",
+    "delivery.report.only.error",
+    "sticky.partitioning.linger.ms",
+    "request.required.acks",
+    "request.timeout.ms",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "partitioner",
+];
+
+impl ClientRole {
+    fn accepts(self, property: &str) -> bool {
+        match self {
+            Self::Producer => !CONSUMER_ONLY.contains(&property),
+            Self::Consumer => !PRODUCER_ONLY.contains(&property),
+            Self::Admin => !CONSUMER_ONLY.contains(&property) && !PRODUCER_ONLY.contains(&property),
+        }
     }
 }
 
@@ -275,7 +352,7 @@ mod tests {
         assert_eq!(s.brokers, "127.0.0.1:9092");
         assert_eq!(s.security_protocol, SecurityProtocol::Plaintext);
         assert_eq!((s.topic_partitions, s.replication_factor), (8, 1));
-        assert_eq!(s.client_config().get("bootstrap.servers"), Some("127.0.0.1:9092"));
+        assert_eq!(s.client_config(ClientRole::Admin).get("bootstrap.servers"), Some("127.0.0.1:9092"));
     }
 
     #[test]
@@ -289,11 +366,32 @@ mod tests {
             ("KAFKA_OPT_FETCH_MAX_BYTES", "1048576"),
         ]);
         let s = KafkaSettings::from_env(&env).expect("valid");
-        let c = s.client_config();
+        let c = s.client_config(ClientRole::Consumer);
         assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
         assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
         assert_eq!(c.get("fetch.max.bytes"), Some("1048576"));
+        assert_eq!(s.client_config(ClientRole::Producer).get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(s.client_config(ClientRole::Producer).get("fetch.max.bytes"), None, "a consumer property");
         assert!(!format!("{s:?}").contains("hunter2"), "the password is never printed");
+    }
+
+    #[test]
+    fn each_client_takes_only_the_pass_through_properties_of_its_role() {
+        let env = Env::from_pairs([
+            ("KAFKA_OPT_FETCH_WAIT_MAX_MS", "20"),
+            ("KAFKA_OPT_LINGER_MS", "5"),
+            ("KAFKA_OPT_SOCKET_KEEPALIVE_ENABLE", "true"),
+        ]);
+        let s = KafkaSettings::from_env(&env).expect("valid");
+        let get = |role, key| s.client_config(role).get(key).map(str::to_string);
+        assert_eq!(get(ClientRole::Consumer, "fetch.wait.max.ms").as_deref(), Some("20"));
+        assert_eq!(get(ClientRole::Producer, "fetch.wait.max.ms"), None);
+        assert_eq!(get(ClientRole::Producer, "linger.ms").as_deref(), Some("5"));
+        assert_eq!(get(ClientRole::Consumer, "linger.ms"), None);
+        for role in [ClientRole::Consumer, ClientRole::Producer, ClientRole::Admin] {
+            assert_eq!(get(role, "socket.keepalive.enable").as_deref(), Some("true"), "{role:?} takes shared ones");
+        }
+        assert_eq!(get(ClientRole::Admin, "linger.ms"), None);
     }
 
     #[test]
@@ -305,8 +403,8 @@ mod tests {
         ]);
         let s = KafkaSettings::from_env(&env).expect("valid");
         assert_eq!(s.msk_iam_region.as_deref(), Some("eu-west-1"));
-        assert_eq!(s.client_config().get("sasl.mechanism"), Some("OAUTHBEARER"));
-        assert_eq!(s.client_config().get("sasl.username"), None);
+        assert_eq!(s.client_config(ClientRole::Admin).get("sasl.mechanism"), Some("OAUTHBEARER"));
+        assert_eq!(s.client_config(ClientRole::Admin).get("sasl.username"), None);
         let err = KafkaSettings::from_env(&Env::from_pairs([
             ("KAFKA_SECURITY_PROTOCOL", "sasl_plaintext"),
             ("KAFKA_SASL_MECHANISM", "AWS_MSK_IAM"),

@@ -37,8 +37,10 @@ pub async fn ensure_topics(
     topics: &[&str],
     timeout: Duration,
 ) -> Result<Vec<String>, TopicError> {
-    let admin: AdminClient<KafkaContext> =
-        settings.client_config().create_with_context(KafkaContext::new(settings)).map_err(TopicError::Client)?;
+    let admin: AdminClient<KafkaContext> = settings
+        .client_config(crate::kafka::ClientRole::Admin)
+        .create_with_context(KafkaContext::new(settings))
+        .map_err(TopicError::Client)?;
     let existing: Vec<String> = {
         let metadata = admin
             .inner()

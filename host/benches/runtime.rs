@@ -4,7 +4,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use host::producer_api::ProducerClient;
-use host::record::{Outcome, Record};
+use host::record::{Header, Outcome, Record};
 use host::runtime::{EngineConfig, HandlerLimits, HandlerModule, InstancePolicy, WasmEngine, Worker};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -27,7 +27,7 @@ fn record() -> Record {
         timestamp_ms: Some(1_700_000_000_000),
         key: Some(b"user-0001".to_vec()),
         value: Some(vec![b'x'; 1024]),
-        headers: vec![("content-type".into(), b"application/json".to_vec())],
+        headers: vec![Header { key: "content-type".into(), value: b"application/json".to_vec() }],
         attempt: 1,
     }
 }

@@ -6,6 +6,7 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "handler",
+    additional_derives: [PartialEq, Eq],
     imports: {
         "kafka-wasm:handler/producer-api.call": async,
     },

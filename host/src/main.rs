@@ -6,7 +6,7 @@ use common::env::Env;
 use host::cli::{EXIT_USAGE, check, invoke, read_limits};
 use host::config::HostConfig;
 use host::producer_api::ProducerClient;
-use host::record::Record;
+use host::record::{Header, Record};
 use host::runtime::HandlerLimits;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -193,7 +193,7 @@ fn run_invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
         timestamp_ms: None,
         key: args.key.map(String::into_bytes),
         value,
-        headers: args.headers.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
+        headers: args.headers.into_iter().map(|(key, value)| Header { key, value: value.into_bytes() }).collect(),
         attempt: args.attempt,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -7,26 +7,12 @@
 use serde::Serialize;
 use std::time::Duration;
 
-/// One Kafka record as delivered to a handler.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Record {
-    /// Topic the record belongs to (the original topic for redeliveries).
-    pub topic: String,
-    /// Partition of `topic`.
-    pub partition: i32,
-    /// Offset within `partition`.
-    pub offset: i64,
-    /// Broker or producer timestamp, milliseconds since the Unix epoch.
-    pub timestamp_ms: Option<i64>,
-    /// Record key, if any.
-    pub key: Option<Vec<u8>>,
-    /// Record value; `None` is a tombstone.
-    pub value: Option<Vec<u8>>,
-    /// Headers in produced order.
-    pub headers: Vec<(String, Vec<u8>)>,
-    /// 1 on first delivery, incremented on each redelivery.
-    pub attempt: u32,
-}
+/// One Kafka record as delivered to a handler: the contract's own `kafka-record` type, so the
+/// host hands it to a guest without converting or copying it first.
+pub type Record = crate::bindings::types::KafkaRecord;
+
+/// One record header (the contract's `header`).
+pub type Header = crate::bindings::types::Header;
 
 /// What became of one handler call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

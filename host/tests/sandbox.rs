@@ -284,7 +284,7 @@ async fn the_guest_receives_every_record_field() {
     let mut worker = hostile_worker(HandlerLimits::default(), ProducerClient::unconfigured());
     let mut rec: Record = record("orders", "echo", "hello");
     rec.attempt = 4;
-    rec.headers.push(("trace".into(), b"1".to_vec()));
+    rec.headers.push(host::record::Header { key: "trace".into(), value: b"1".to_vec() });
     let inv = worker.invoke(&rec).await;
     let v: serde_json::Value = serde_json::from_str(&inv.events[0].payload).expect("json");
     assert_eq!(v["topic"], "orders");

@@ -44,7 +44,7 @@ impl std::fmt::Debug for Publisher {
 impl Publisher {
     /// Creates the producer. `timeout` bounds every publish (librdkafka's `message.timeout.ms`).
     pub fn new(settings: &KafkaSettings, timeout: Duration) -> Result<Self, KafkaError> {
-        let mut config = settings.client_config();
+        let mut config = settings.client_config(common::kafka::ClientRole::Producer);
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")

@@ -7,7 +7,7 @@
 use super::Shared;
 use super::partition::{self, PartitionWorker};
 use crate::handlers::retry_topic;
-use crate::record::Record;
+use crate::record::{Header, Record};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
@@ -207,7 +207,11 @@ pub(crate) fn to_record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
         value: m.payload().map(<[u8]>::to_vec),
         headers: m
             .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
+            .map(|h| {
+                h.iter()
+                    .map(|h| Header { key: h.key.to_string(), value: h.value.map(<[u8]>::to_vec).unwrap_or_default() })
+                    .collect()
+            })
             .unwrap_or_default(),
         attempt: 1,
     }
@@ -222,7 +226,7 @@ pub(crate) struct PollLoop {
 impl PollLoop {
     /// Creates the consumer for `group_id`.
     pub fn new(shared: Arc<Shared>, settings: &common::kafka::KafkaSettings, group_id: &str) -> KafkaResult<Self> {
-        let mut config = settings.client_config();
+        let mut config = settings.client_config(common::kafka::ClientRole::Consumer);
         config
             .set("group.id", group_id)
             .set("enable.auto.commit", "true")

@@ -2,7 +2,7 @@
 //! retried until the broker acknowledges (a record's offset is stored only after that), or until
 //! the partition is revoked or the host stops (then the source record is redelivered later).
 
-use crate::record::Record;
+use crate::record::{Header as RecordHeader, Record};
 use common::kafka::{KafkaContext, KafkaSettings};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -33,7 +33,7 @@ pub enum Sent {
 impl Deliverer {
     /// Creates the producer.
     pub fn new(settings: &KafkaSettings) -> Result<Self, rdkafka::error::KafkaError> {
-        let mut config = settings.client_config();
+        let mut config = settings.client_config(common::kafka::ClientRole::Producer);
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -48,13 +48,13 @@ impl Deliverer {
         &self,
         topic: &str,
         record: &Record,
-        headers: &[(String, Vec<u8>)],
+        headers: &[RecordHeader],
         stop: &mut watch::Receiver<bool>,
     ) -> Sent {
         let mut delay = Duration::from_millis(100);
         loop {
-            let owned = headers.iter().fold(OwnedHeaders::new_with_capacity(headers.len()), |h, (k, v)| {
-                h.insert(Header { key: k, value: Some(v.as_slice()) })
+            let owned = headers.iter().fold(OwnedHeaders::new_with_capacity(headers.len()), |h, header| {
+                h.insert(Header { key: &header.key, value: Some(header.value.as_slice()) })
             });
             let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(owned);
             if let Some(key) = &record.key {

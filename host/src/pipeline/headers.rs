@@ -2,7 +2,7 @@
 //! parsing of retry records back into the record the handler first saw.
 
 use crate::handlers::RETRY_SUFFIX;
-use crate::record::Record;
+use crate::record::{Header, Record};
 
 /// Prefix of every retry bookkeeping header; stripped before a handler sees the record.
 pub const RETRY_PREFIX: &str = "x-retry-";
@@ -42,8 +42,8 @@ fn header<'a>(record: &'a Record, name: &str) -> Result<&'a str, String> {
         .headers
         .iter()
         .rev()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
+        .find(|h| h.key == name)
+        .map(|h| &h.value)
         .ok_or_else(|| format!("missing header {name}"))?;
     std::str::from_utf8(value).map_err(|_| format!("header {name} is not UTF-8"))
 }
@@ -71,7 +71,7 @@ pub fn parse_retry(record: Record) -> Result<RetryDelivery, String> {
         Ok(_) => Some(number(&record, RETRY_TIMESTAMP)?),
         Err(_) => None,
     };
-    let headers = record.headers.into_iter().filter(|(k, _)| !k.starts_with(RETRY_PREFIX)).collect();
+    let headers = record.headers.into_iter().filter(|h| !h.key.starts_with(RETRY_PREFIX)).collect();
     Ok(RetryDelivery {
         record: Record {
             topic,
@@ -89,16 +89,10 @@ pub fn parse_retry(record: Record) -> Result<RetryDelivery, String> {
 }
 
 /// The headers of a record sent to the retry topic: the original ones plus bookkeeping.
-pub fn retry_headers(
-    record: &Record,
-    next_attempt: u32,
-    hops: u32,
-    not_before_ms: i64,
-    error: &str,
-) -> Vec<(String, Vec<u8>)> {
-    let mut headers: Vec<(String, Vec<u8>)> =
-        record.headers.iter().filter(|(k, _)| !k.starts_with(RETRY_PREFIX)).cloned().collect();
-    let mut add = |k: &str, v: String| headers.push((k.to_string(), v.into_bytes()));
+pub fn retry_headers(record: &Record, next_attempt: u32, hops: u32, not_before_ms: i64, error: &str) -> Vec<Header> {
+    let mut headers: Vec<Header> =
+        record.headers.iter().filter(|h| !h.key.starts_with(RETRY_PREFIX)).cloned().collect();
+    let mut add = |k: &str, v: String| headers.push(Header { key: k.to_string(), value: v.into_bytes() });
     add(RETRY_TOPIC, record.topic.clone());
     add(RETRY_PARTITION, record.partition.to_string());
     add(RETRY_OFFSET, record.offset.to_string());
@@ -128,14 +122,14 @@ pub struct DeadLetter<'a> {
 }
 
 /// The headers of a dead-lettered record: the original ones plus why, where from, and by whom.
-pub fn dlq_headers(record: &Record, dead: &DeadLetter<'_>) -> Vec<(String, Vec<u8>)> {
-    let mut headers: Vec<(String, Vec<u8>)> = record
+pub fn dlq_headers(record: &Record, dead: &DeadLetter<'_>) -> Vec<Header> {
+    let mut headers: Vec<Header> = record
         .headers
         .iter()
-        .filter(|(k, _)| !k.starts_with(RETRY_PREFIX) && !k.starts_with(DLQ_PREFIX))
+        .filter(|h| !h.key.starts_with(RETRY_PREFIX) && !h.key.starts_with(DLQ_PREFIX))
         .cloned()
         .collect();
-    let mut add = |k: &str, v: String| headers.push((k.to_string(), v.into_bytes()));
+    let mut add = |k: &str, v: String| headers.push(Header { key: k.to_string(), value: v.into_bytes() });
     add("x-dlq-cause", dead.cause.to_string());
     add("x-dlq-outcome", dead.outcome.to_string());
     add("x-dlq-reason", truncate(dead.reason));
@@ -170,7 +164,7 @@ mod tests {
             timestamp_ms: Some(1_700_000_000_000),
             key: Some(b"k".to_vec()),
             value: Some(b"v".to_vec()),
-            headers: vec![("trace".into(), b"1".to_vec())],
+            headers: vec![Header { key: "trace".into(), value: b"1".to_vec() }],
             attempt: 3,
         }
     }
@@ -197,7 +191,7 @@ mod tests {
         rec.topic = "orders.retry".into();
         assert!(parse_retry(rec.clone()).expect_err("no headers").contains(RETRY_TOPIC));
         rec.headers = retry_headers(&original(), 4, 1, 123, "x");
-        rec.headers.retain(|(k, _)| k != RETRY_OFFSET);
+        rec.headers.retain(|h| h.key != RETRY_OFFSET);
         assert!(parse_retry(rec.clone()).expect_err("no offset").contains(RETRY_OFFSET));
         rec.headers = retry_headers(&Record { topic: "other".into(), ..original() }, 4, 1, 123, "x");
         assert!(parse_retry(rec).expect_err("wrong topic").contains("does not match"));
@@ -210,7 +204,7 @@ mod tests {
             &rec,
             &DeadLetter { cause: "reject", outcome: "reject", reason: "bad", attempts: 3, digest: Some("sha256:ab") },
         );
-        let get = |k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        let get = |k: &str| h.iter().find(|h| h.key == k).map(|h| String::from_utf8_lossy(&h.value).into_owned());
         assert_eq!(get("trace").as_deref(), Some("1"));
         assert_eq!(get("x-dlq-reason").as_deref(), Some("bad"));
         assert_eq!(get("x-dlq-topic").as_deref(), Some("orders"));

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
-use tracing::Instrument;
 
 /// The handle the consumer keeps for a partition's task.
 #[derive(Debug)]
@@ -87,7 +86,7 @@ async fn next_record(
 /// What a partition task keeps between records, so the per-record path takes no lock and
 /// allocates no metric label.
 struct PartitionState {
-    handler_topic: String,
+    handler_topic: Arc<str>,
     from_retry_topic: bool,
     worker: Option<Worker>,
     handler: Option<(u64, Option<Arc<ActiveHandler>>)>,
@@ -102,17 +101,17 @@ struct PartitionState {
 impl PartitionState {
     fn new(shared: &Shared, topic: &str, partition: i32) -> Self {
         let (handler_topic, from_retry_topic) = match topic.strip_suffix(RETRY_SUFFIX) {
-            Some(base) => (base.to_string(), true),
-            None => (topic.to_string(), false),
+            Some(base) => (Arc::<str>::from(base), true),
+            None => (Arc::<str>::from(topic), false),
         };
-        let label = TopicLabels { topic: handler_topic.clone() };
+        let label = TopicLabels { topic: handler_topic.to_string() };
         let outcomes = Outcome::LABELS
             .iter()
             .map(|o| {
                 shared
                     .metrics
                     .records
-                    .get_or_create(&OutcomeLabels { topic: handler_topic.clone(), outcome: (*o).to_string() })
+                    .get_or_create(&OutcomeLabels { topic: handler_topic.to_string(), outcome: (*o).to_string() })
                     .clone()
             })
             .collect();
@@ -160,8 +159,7 @@ async fn run(
         // partitions): a handler call often completes without ever yielding.
         tokio::task::consume_budget().await;
         let offset = record.offset;
-        let span = tracing::info_span!("record", topic = %topic, partition, offset);
-        let done = handle(&shared, &mut state, record, &mut stop).instrument(span).await;
+        let done = handle(&shared, &mut state, record, &mut stop).await;
         if done == Done::Abandoned {
             break;
         }
@@ -170,10 +168,21 @@ async fn run(
     tracing::debug!(topic, partition, "partition worker stopped");
 }
 
+/// A record's coordinates in log lines: `topic/partition@offset` (the original ones for a
+/// redelivery). A field per event rather than a span per record, which would cost every record
+/// an allocation whenever info logging is on.
+struct At<'a>(&'a Record);
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}@{}", self.0.topic, self.0.partition, self.0.offset)
+    }
+}
+
 /// Handles one record to a final outcome, or abandons it when told to stop.
 async fn handle(shared: &Shared, state: &mut PartitionState, record: Record, stop: &mut watch::Receiver<bool>) -> Done {
-    let handler_topic = state.handler_topic.clone();
-    let handler_topic = handler_topic.as_str();
+    let handler_topic = Arc::clone(&state.handler_topic);
+    let handler_topic = &*handler_topic;
     let (mut record, hops) = if state.from_retry_topic {
         match parse_retry(record.clone()) {
             Ok(delivery) => {
@@ -185,7 +194,7 @@ async fn handle(shared: &Shared, state: &mut PartitionState, record: Record, sto
             }
             Err(reason) => {
                 let reason = format!("malformed retry record: {reason}");
-                tracing::warn!("{reason}");
+                tracing::warn!(record = %At(&record), "{reason}");
                 let dead =
                     DeadLetter { cause: "malformed", outcome: "malformed", reason: &reason, attempts: 0, digest: None };
                 return dead_letter(shared, handler_topic, &record, &dead, stop).await;
@@ -198,7 +207,7 @@ async fn handle(shared: &Shared, state: &mut PartitionState, record: Record, sto
     let mut in_place = 0u32;
     loop {
         let Some(handler) = shared.registry.get_cached(handler_topic, &mut state.handler) else {
-            tracing::info!("no handler for {handler_topic} any more; leaving the record for redelivery");
+            tracing::info!(record = %At(&record), "no handler for {handler_topic} any more; leaving the record for redelivery");
             return Done::Abandoned;
         };
         shared.metrics.in_flight.inc();
@@ -229,14 +238,14 @@ async fn handle(shared: &Shared, state: &mut PartitionState, record: Record, sto
         let policy = &handler.settings.retry;
         match &outcome {
             Outcome::Ok => {
-                tracing::debug!(attempt = record.attempt, us = invocation.duration.as_micros() as u64, "ok");
+                tracing::debug!(record = %At(&record), attempt = record.attempt, us = invocation.duration.as_micros() as u64, "ok");
                 if !invocation.events.is_empty() {
                     shared.events.publish(invocation.events);
                 }
                 return Done::Final;
             }
             Outcome::Reject(reason) => {
-                tracing::info!(attempt = record.attempt, "rejected: {reason}");
+                tracing::info!(record = %At(&record), attempt = record.attempt, "rejected: {reason}");
                 let dead = DeadLetter {
                     cause: "reject",
                     outcome: "reject",
@@ -250,6 +259,7 @@ async fn handle(shared: &Shared, state: &mut PartitionState, record: Record, sto
                 let reason = retryable.reason().unwrap_or_default();
                 if record.attempt >= policy.max_attempts {
                     tracing::warn!(
+                        record = %At(&record),
                         attempt = record.attempt,
                         "giving up after {} attempts: {} {reason}",
                         record.attempt,
@@ -268,6 +278,7 @@ async fn handle(shared: &Shared, state: &mut PartitionState, record: Record, sto
                 if in_place < policy.in_place_attempts {
                     let backoff = policy.in_place_backoff(in_place);
                     tracing::info!(
+                        record = %At(&record),
                         attempt = record.attempt,
                         "{}: {reason}; retrying in place in {backoff:?}",
                         retryable.label()
@@ -293,6 +304,7 @@ async fn handle(shared: &Shared, state: &mut PartitionState, record: Record, sto
                     &format!("{}: {reason}", retryable.label()),
                 );
                 tracing::info!(
+                    record = %At(&record),
                     attempt = record.attempt,
                     "{}: {reason}; redelivering through the retry topic in {delay:?}",
                     retryable.label()

@@ -144,4 +144,82 @@ mod tests {
         let many: Vec<_> = (0..=MAX_HEADERS).map(|i| (format!("x-{i}"), "v".to_string())).collect();
         assert!(check_headers(&many).is_err());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Paths built from the pieces escape attempts are made of.
+        fn tricky_path() -> impl Strategy<Value = String> {
+            let piece = prop::sample::select(vec![
+                "/",
+                "//",
+                ".",
+                "..",
+                "%2e",
+                "%2E",
+                "%2f",
+                "%5c",
+                "%25",
+                "%00",
+                "\\",
+                "@",
+                ":",
+                "?",
+                "#",
+                "a",
+                "b",
+                "tokens",
+                "producer-svc",
+                "evil.example",
+                "http:",
+                "%",
+                "2e",
+                ";",
+                "\r\n",
+                "\u{0}",
+                "é",
+                " ",
+                "\t",
+                "~",
+                "=",
+            ]);
+            prop_oneof![prop::collection::vec(piece, 0..12).prop_map(|p| p.concat()), "\\PC{0,40}", "/[ -~]{0,60}",]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 4000, failure_persistence: None, .. ProptestConfig::default() })]
+
+            /// Whatever a handler passes, an accepted path joined to the base URL stays on the
+            /// producer's scheme, host and port, under the base path.
+            #[test]
+            fn an_accepted_path_never_leaves_the_producer(path in tricky_path()) {
+                if let Ok(path) = check_path(&path) {
+                    let base = "http://producer.internal:8080/api";
+                    let url = reqwest::Url::parse(&format!("{base}{path}"))
+                        .map_err(|e| TestCaseError::fail(format!("{path:?} accepted but does not parse: {e}")))?;
+                    prop_assert_eq!(url.scheme(), "http");
+                    prop_assert_eq!(url.host_str(), Some("producer.internal"));
+                    prop_assert_eq!(url.port(), Some(8080));
+                    prop_assert!(url.username().is_empty() && url.password().is_none());
+                    prop_assert!(url.fragment().is_none());
+                    prop_assert!(url.path().starts_with("/api/"), "{:?} resolved to {}", path, url);
+                    prop_assert!(!url.path().contains("/../") && !url.path().contains("/./"));
+                }
+            }
+
+            /// An accepted header is a valid HTTP header that the host does not own, and its value
+            /// cannot end the header line.
+            #[test]
+            fn an_accepted_header_is_valid_and_not_host_owned(name in "[ -~]{0,20}|host|Host|idempotency-key|[a-z-]{1,12}", value in "\\PC{0,30}|[ -~]{0,30}|.*\r\n.*") {
+                if check_header(&name, &value).is_ok() {
+                    prop_assert!(reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok());
+                    prop_assert!(reqwest::header::HeaderValue::from_str(&value).is_ok());
+                    prop_assert!(!value.contains(['\r', '\n', '\0']));
+                    let lower = name.to_ascii_lowercase();
+                    prop_assert!(!RESERVED_HEADERS.contains(&lower.as_str()));
+                }
+            }
+        }
+    }
 }

@@ -10,7 +10,7 @@ use super::config::{HandlerLimits, InstancePolicy};
 use super::module::HandlerModule;
 use super::state::HostState;
 use crate::bindings::Handler;
-use crate::bindings::types::{HandlerError, Header, KafkaRecord};
+use crate::bindings::types::HandlerError;
 use crate::producer_api::ProducerClient;
 use crate::record::{Invocation, Outcome, Record};
 use std::time::Instant;
@@ -89,10 +89,9 @@ impl Worker {
         // The time limit: the epoch deadline interrupts guest code, and host calls get at most
         // the time left (so a call blocked on the producer ends at the deadline too). No timer
         // is armed per call.
-        live.store.data_mut().begin(&record.topic, record.partition, record.offset, Instant::now() + deadline);
+        live.store.data_mut().begin(&record.topic, record.partition, record.offset, started + deadline);
         live.store.set_epoch_deadline(ticks);
-        let wit = to_wit(record);
-        let outcome = match live.bindings.call_handle(&mut live.store, &wit).await {
+        let outcome = match live.bindings.call_handle(&mut live.store, record).await {
             _ if live.store.data().ctx.deadline_hit => {
                 Outcome::Timeout(format!("a producer call reached the {} ms time limit", limits.call_timeout_ms))
             }
@@ -154,18 +153,5 @@ fn classify(error: &wasmtime::Error, memory_exceeded: bool, limits: &HandlerLimi
     match trap {
         Some(trap) => Outcome::Trap(trap.to_string()),
         None => Outcome::Trap(error.root_cause().to_string()),
-    }
-}
-
-fn to_wit(record: &Record) -> KafkaRecord {
-    KafkaRecord {
-        topic: record.topic.clone(),
-        partition: record.partition,
-        offset: record.offset,
-        timestamp_ms: record.timestamp_ms,
-        key: record.key.clone(),
-        value: record.value.clone(),
-        headers: record.headers.iter().map(|(key, value)| Header { key: key.clone(), value: value.clone() }).collect(),
-        attempt: record.attempt,
     }
 }

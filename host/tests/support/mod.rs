@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use host::record::Record;
+use host::record::{Header, Record};
 use host::runtime::{EngineConfig, HandlerLimits, HandlerModule, WasmEngine};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -57,7 +57,7 @@ pub fn record(topic: &str, key: &str, value: &str) -> Record {
         timestamp_ms: Some(1_700_000_000_000),
         key: Some(key.as_bytes().to_vec()),
         value: Some(value.as_bytes().to_vec()),
-        headers: vec![("content-type".into(), b"application/json".to_vec())],
+        headers: vec![Header { key: "content-type".into(), value: b"application/json".to_vec() }],
         attempt: 1,
     }
 }
