@@ -3,7 +3,8 @@
 //! same logic compiled natively (through the same pipeline), and a bare rdkafka consumer loop
 //! that only stores offsets. Each configuration consumes the same records with a fresh group;
 //! the clock runs from the first record handled to the last, so group joins are excluded.
-//! Prints records/s per run, the medians and the ratios; docs/BENCHMARKS.md records them.
+//! Prints records/s per run, the medians and the ratios, and `bench-result` lines that
+//! `cargo xtask bench` reads into docs/BENCHMARKS.md.
 
 use common::env::Env;
 use host::config::{HandlerSettings, HostConfig};
@@ -17,10 +18,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const TOPIC: &str = "bench";
-const PARTITIONS: i32 = 4;
-const RECORDS: u64 = 20_000;
+const PARTITIONS: i32 = 8;
+const RECORDS: u64 = 80_000;
 const VALUE_BYTES: usize = 256;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// The trivial fixture's logic, natively. Keep identical to `test-fixtures/trivial`.
 fn trivial(record: &Record) -> Outcome {
@@ -84,11 +85,11 @@ async fn run_host(
     let rate = tokio::task::spawn_blocking(move || {
         let handled = || counters.outcomes[0].load(Ordering::Relaxed);
         while handled() == 0 {
-            std::thread::sleep(Duration::from_micros(50));
+            std::thread::sleep(Duration::from_micros(500));
         }
         let (first, started) = (handled(), Instant::now());
         while handled() < RECORDS {
-            std::thread::sleep(Duration::from_micros(50));
+            std::thread::sleep(Duration::from_micros(500));
         }
         (RECORDS - first) as f64 / started.elapsed().as_secs_f64()
     })
@@ -137,6 +138,10 @@ async fn main() {
     println!("wasm / native through the same pipeline: {:.2}", w / n);
     println!("wasm / bare rdkafka loop: {:.2}", w / b);
     println!("native / bare rdkafka loop: {:.2}", n / b);
+    // Machine-readable lines for `cargo xtask bench`.
+    println!("bench-result pipeline.wasm {w:.0}");
+    println!("bench-result pipeline.native {n:.0}");
+    println!("bench-result pipeline.bare {b:.0}");
     drop(mock);
 }
 

@@ -55,8 +55,13 @@ fn main() -> anyhow::Result<()> {
                 continue;
             }
         };
+        // The acknowledgement is a courtesy: a reader that stopped listening must not stop the
+        // broker, so a closed stdout is ignored.
         match result {
-            Ok(done) => println!("{done}"),
+            Ok(done) => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{done}").and_then(|()| out.flush());
+            }
             Err(e) => eprintln!("{line}: {e}"),
         }
     }

@@ -16,14 +16,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
-fn report(name: &str, elapsed: Duration, mut latencies: Vec<Duration>) -> f64 {
+/// Prints the figures, and `bench-result` lines (under `key`) that `cargo xtask bench` reads.
+fn report(name: &str, key: &str, elapsed: Duration, mut latencies: Vec<Duration>) -> f64 {
     latencies.sort();
     let rate = latencies.len() as f64 / elapsed.as_secs_f64();
-    println!(
-        "{name:<28} {rate:>9.0} /s   p50 {:>8.2} ms   p99 {:>8.2} ms",
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3
-    );
+    let p50 = percentile(&latencies, 0.50).as_secs_f64() * 1e3;
+    let p99 = percentile(&latencies, 0.99).as_secs_f64() * 1e3;
+    println!("{name:<28} {rate:>9.0} /s   p50 {p50:>8.2} ms   p99 {p99:>8.2} ms");
+    println!("bench-result {key}.rate {rate:.0}");
+    println!("bench-result {key}.p50_ms {p50:.3}");
+    println!("bench-result {key}.p99_ms {p99:.3}");
     rate
 }
 
@@ -73,7 +75,7 @@ async fn main() {
         .buffer_unordered(IN_FLIGHT)
         .collect()
         .await;
-    let http = report("POST /users over HTTP", started.elapsed(), latencies);
+    let http = report("POST /users over HTTP", "producer.http", started.elapsed(), latencies);
 
     let started = Instant::now();
     let latencies: Vec<Duration> = futures::stream::iter(0..REQUESTS)
@@ -94,6 +96,6 @@ async fn main() {
         .buffer_unordered(IN_FLIGHT)
         .collect()
         .await;
-    let direct = report("publish in-process", started.elapsed(), latencies);
+    let direct = report("publish in-process", "producer.direct", started.elapsed(), latencies);
     println!("ratio HTTP / in-process: {:.2}", http / direct);
 }

@@ -141,7 +141,7 @@ fn records_line(counts: &BTreeMap<(String, String), f64>) -> String {
 }
 
 /// Reads the host's `/events` stream on a thread, sending each event's JSON.
-fn follow_events(host: String, tx: mpsc::Sender<serde_json::Value>) {
+pub fn follow_events(host: String, tx: mpsc::Sender<serde_json::Value>) {
     std::thread::spawn(move || {
         loop {
             if let Ok(response) = ureq::get(&format!("{host}/events")).call() {
@@ -174,27 +174,73 @@ pub struct System {
     brokers: String,
     host_port: u16,
     host_starts: usize,
+    producer_port: u16,
+    producer_starts: usize,
+}
+
+/// The command that starts the producer on `port`.
+fn producer_command(bin: &Path, port: u16, brokers: &str) -> Command {
+    let mut command = Command::new(bin.join("producer"));
+    command
+        .env("APP_ENV", "development")
+        .env("PORT", port.to_string())
+        .env("KAFKA_BROKERS", brokers)
+        .stdout(Stdio::null());
+    command
+}
+
+/// Sends SIGTERM and waits up to `within` for the exit (then SIGKILL, and an error).
+fn terminate(child: &mut Child, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().context("cannot run kill")?;
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("process {} did not exit within {within:?} of SIGTERM", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The consumer group of the system's hosts.
+pub const HOST_GROUP: &str = "wasm-host-demo";
+
+/// How to start a [`System`].
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// An external Kafka, or `None` for the embedded mock broker.
+    pub brokers: Option<String>,
+    /// Build and run the services in release (for measurements) rather than debug.
+    pub release: bool,
+    /// The directory under the target directory for logs and handlers.
+    pub dir_name: &'static str,
 }
 
 impl System {
-    /// Builds everything and starts the processes; `brokers` is an external Kafka, or `None` for
-    /// the embedded mock broker.
+    /// Builds everything and starts the processes (debug builds, in `target/demo`); `brokers` is
+    /// an external Kafka, or `None` for the embedded mock broker.
     pub fn start(brokers: Option<String>, stop: &AtomicBool) -> anyhow::Result<Self> {
+        Self::launch(Launch { brokers, release: false, dir_name: "demo" }, stop)
+    }
+
+    /// Builds everything and starts the processes as `launch` says.
+    pub fn launch(launch: Launch, stop: &AtomicBool) -> anyhow::Result<Self> {
+        let Launch { brokers, release, dir_name } = launch;
         let root = crate::repo_root();
         eprintln!("demo: building the handlers and services");
         let handlers = crate::build_handlers()?;
-        crate::run(crate::cargo().current_dir(&root).args([
-            "build",
-            "--quiet",
-            "-p",
-            "host",
-            "-p",
-            "producer",
-            "-p",
-            "mock-broker",
-        ]))?;
-        let bin = crate::target_dir().join("debug");
-        let dir = crate::target_dir().join("demo");
+        let mut build = crate::cargo();
+        build.current_dir(&root).args(["build", "--quiet", "-p", "host", "-p", "producer", "-p", "mock-broker"]);
+        if release {
+            build.arg("--release");
+        }
+        crate::run(&mut build)?;
+        let bin = crate::target_dir().join(if release { "release" } else { "debug" });
+        let dir = crate::target_dir().join(dir_name);
         let handlers_dir = dir.join("handlers");
         std::fs::create_dir_all(&handlers_dir)?;
         for name in ["new-user-created", "issued-token"] {
@@ -226,7 +272,14 @@ impl System {
                 let stdout = broker.stdout.take().context("mock-broker stdout")?;
                 children.0.push(("broker", broker));
                 let mut first = String::new();
-                BufReader::new(stdout).read_line(&mut first)?;
+                let mut reader = BufReader::new(stdout);
+                reader.read_line(&mut first)?;
+                // Keep reading its acknowledgements (`broker 1 down`), so its stdout stays open.
+                std::thread::spawn(move || {
+                    for line in reader.lines().map_while(Result::ok) {
+                        eprintln!("demo: embedded broker: {line}");
+                    }
+                });
                 let brokers = first
                     .trim()
                     .strip_prefix("bootstrap ")
@@ -239,11 +292,7 @@ impl System {
         let producer_port = free_port(9001);
         let host_port = free_port(9000);
         let producer_url = format!("http://127.0.0.1:{producer_port}");
-        let producer = Command::new(bin.join("producer"))
-            .env("APP_ENV", "development")
-            .env("PORT", producer_port.to_string())
-            .env("KAFKA_BROKERS", &brokers)
-            .stdout(Stdio::null())
+        let producer = producer_command(&bin, producer_port, &brokers)
             .stderr(log_file(&dir, "producer")?)
             .spawn()
             .context("cannot start the producer")?;
@@ -257,6 +306,8 @@ impl System {
             brokers,
             host_port,
             host_starts: 0,
+            producer_port,
+            producer_starts: 0,
         };
         system.start_host()?;
         wait_ready(
@@ -272,20 +323,105 @@ impl System {
     /// Starts (or restarts) the host process.
     pub fn start_host(&mut self) -> anyhow::Result<()> {
         self.host_starts += 1;
-        let host = Command::new(self.bin.join("host"))
-            .env("PORT", self.host_port.to_string())
+        let host = self
+            .host_command(self.host_port)
+            .stderr(log_file(&self.dir, &format!("host-{}", self.host_starts))?)
+            .spawn()
+            .context("cannot start the host")?;
+        self.children.0.push(("host", host));
+        Ok(())
+    }
+
+    /// The command that starts a host process on `port` in this system's consumer group.
+    fn host_command(&self, port: u16) -> Command {
+        let mut command = Command::new(self.bin.join("host"));
+        command
+            .env("PORT", port.to_string())
             .env("KAFKA_BROKERS", &self.brokers)
-            .env("KAFKA_GROUP_ID", "wasm-host-demo")
+            .env("KAFKA_GROUP_ID", HOST_GROUP)
             .env("KAFKA_OPT_SESSION_TIMEOUT_MS", "6000")
             .env("KAFKA_OPT_MAX_POLL_INTERVAL_MS", "10000")
             .env("HANDLERS_DIR", self.dir.join("handlers"))
             .env("PRODUCER_URL", &self.producer_url)
             .env("RETRY_TOPIC_DELAY_MS", "2000")
-            .stdout(Stdio::null())
+            // Neither librdkafka's mock broker nor Tansu answers a fetch early when records
+            // arrive: they hold it for the full wait (librdkafka's default is 500 ms), which
+            // would dominate every hop's latency here. A real Kafka broker answers at once.
+            .env("KAFKA_OPT_FETCH_WAIT_MAX_MS", "20")
+            .stdout(Stdio::null());
+        command
+    }
+
+    /// Starts one more host in the same group (a scale-out); returns its base URL.
+    pub fn start_extra_host(&mut self) -> anyhow::Result<String> {
+        self.host_starts += 1;
+        let port = free_port(0);
+        let host = self
+            .host_command(port)
             .stderr(log_file(&self.dir, &format!("host-{}", self.host_starts))?)
             .spawn()
-            .context("cannot start the host")?;
-        self.children.0.push(("host", host));
+            .context("cannot start another host")?;
+        self.children.0.push(("extra-host", host));
+        Ok(format!("http://127.0.0.1:{port}"))
+    }
+
+    /// Stops the newest extra host: SIGTERM when `graceful`, else SIGKILL. False when none runs.
+    pub fn stop_extra_host(&mut self, graceful: bool) -> anyhow::Result<bool> {
+        let Some(index) = self.children.0.iter().rposition(|(name, _)| *name == "extra-host") else {
+            return Ok(false);
+        };
+        let (_, mut host) = self.children.0.remove(index);
+        if graceful {
+            terminate(&mut host, Duration::from_secs(60))?;
+        } else {
+            host.kill()?;
+            host.wait()?;
+        }
+        Ok(true)
+    }
+
+    /// Stops the host with SIGTERM; returns its exit status and how long it took to exit.
+    pub fn stop_host(&mut self) -> anyhow::Result<(std::process::ExitStatus, Duration)> {
+        let index = self.children.0.iter().rposition(|(name, _)| *name == "host").context("no host running")?;
+        let (_, mut host) = self.children.0.remove(index);
+        let started = Instant::now();
+        let status = terminate(&mut host, Duration::from_secs(120))?;
+        Ok((status, started.elapsed()))
+    }
+
+    /// Kills the producer with SIGKILL.
+    pub fn kill_producer(&mut self) -> anyhow::Result<()> {
+        let index = self.children.0.iter().rposition(|(name, _)| *name == "producer").context("no producer running")?;
+        let (_, mut producer) = self.children.0.remove(index);
+        producer.kill()?;
+        producer.wait()?;
+        Ok(())
+    }
+
+    /// Starts the producer again (after [`System::kill_producer`]) and waits until it answers.
+    pub fn start_producer(&mut self, stop: &AtomicBool) -> anyhow::Result<()> {
+        self.producer_starts += 1;
+        let log = format!("producer-{}", self.producer_starts);
+        let producer = producer_command(&self.bin, self.producer_port, &self.brokers)
+            .stderr(log_file(&self.dir, &log)?)
+            .spawn()
+            .context("cannot start the producer")?;
+        self.children.0.push(("producer", producer));
+        wait_ready(
+            "producer",
+            &format!("{}/producer-svc", self.producer_url),
+            &self.dir.join(format!("{log}.log")),
+            stop,
+        )
+    }
+
+    /// Sends a fault-injection command (`down 1`, `up 1`) to the embedded broker.
+    pub fn broker_command(&mut self, command: &str) -> anyhow::Result<()> {
+        let (_, broker) =
+            self.children.0.iter_mut().find(|(name, _)| *name == "broker").context("no embedded broker")?;
+        let stdin = broker.stdin.as_mut().context("the broker's stdin is closed")?;
+        writeln!(stdin, "{command}")?;
+        stdin.flush()?;
         Ok(())
     }
 
@@ -321,6 +457,16 @@ impl System {
             ids.insert(response["id"].as_str().context("the producer answered without an id")?.to_string());
         }
         Ok(ids)
+    }
+
+    /// The Kafka bootstrap address the services use.
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    /// The process id of the running host, if one runs.
+    pub fn host_pid(&self) -> Option<u32> {
+        self.children.0.iter().rev().find(|(name, _)| *name == "host").map(|(_, child)| child.id())
     }
 
     /// Records handled per topic and outcome.

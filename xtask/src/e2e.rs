@@ -239,7 +239,8 @@ fn verified_among(
     Ok(verified)
 }
 
-fn hex_digest(bytes: &[u8]) -> String {
+/// The hex SHA-256 of `bytes`, as `/handlers` shows it after `sha256:`.
+pub fn hex_digest(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -1,6 +1,8 @@
 //! Build helpers shared by the `cargo xtask` commands and by tests that need compiled components:
 //! the wasm32-wasip2 target check and the builds of the handler and fixture workspaces.
 
+pub mod attack;
+pub mod bench;
 pub mod demo;
 pub mod deploy;
 pub mod e2e;

@@ -12,8 +12,14 @@ commands:
                    [--users N] create N users; [--exit] exit once their chains complete
                    [--timeout SECS] how long --exit waits (default 120)
   test             run every check: fmt, clippy, handler builds, all tests, the demo's full chain,
-                   the end-to-end suite on Tansu (installed into ~/.cache/kafka-wasm when missing)
-  e2e              only the end-to-end suite on Tansu";
+                   the end-to-end suite on Tansu (installed into ~/.cache/kafka-wasm when missing),
+                   the attack suite
+  e2e              only the end-to-end suite on Tansu
+  attack           the fault suite: kill -9, broker outage, producer down, rebalance storm, SIGTERM
+                   under load, on real processes; [--soak] many more cycles; [--write-docs] put the
+                   figures in docs/RELIABILITY.md
+  bench            run every benchmark (about 10 minutes), print PASS/FAIL per performance target,
+                   write docs/BENCHMARKS.md and docs/bench.svg";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -25,6 +31,8 @@ fn main() -> anyhow::Result<()> {
         }
         Some("test") => test(),
         Some("e2e") => xtask::e2e::run(&*stop_flag()?),
+        Some("bench") => xtask::bench::run(&*stop_flag()?),
+        Some("attack") => xtask::attack::run(xtask::attack::Options::parse(&args[1..])?, &*stop_flag()?).map(drop),
         Some("demo") => xtask::demo::run(xtask::demo::Options::parse(&args[1..])?, stop_flag()?),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
@@ -64,6 +72,8 @@ fn test() -> anyhow::Result<()> {
     xtask::demo::run(options, stop_flag()?)?;
     step("end-to-end suite on a real broker (Tansu)");
     xtask::e2e::run(&*stop_flag()?)?;
+    step("attack suite: faults injected into real processes under load");
+    xtask::attack::run(xtask::attack::Options { soak: false, write_docs: false }, &*stop_flag()?)?;
     Ok(())
 }
 
