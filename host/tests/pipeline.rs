@@ -201,6 +201,34 @@ async fn a_restarted_host_resumes_from_committed_offsets_and_handles_every_recor
     assert_eq!(committed(&mock, &group, "orders").iter().sum::<i64>(), N as i64, "all committed after the second run");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_still_retrying_when_the_host_stops_is_not_committed() {
+    let mock = cluster(&["orders"]);
+    // The second record fails and waits 5 s before each in-place retry: the host stops meanwhile.
+    let dir = handlers_dir(
+        "orders",
+        Some("[retry]\nin_place_attempts = 5\nbackoff_initial_ms = 5000\nbackoff_max_ms = 5000\n"),
+    );
+    let group = uuid_like();
+    let host = start_host(host_env(&mock, dir.path(), &group, &[])).await;
+    let p = producer(&mock);
+    produce(&p, "orders", 0, "ok", "done at once", &[]).await;
+    produce(&p, "orders", 0, "retry", "still failing", &[]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric(host.addr, r#"host_records_total{topic="orders",outcome="retry"}"#).await < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "the second record was not tried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Past the auto-commit interval: the commit timer runs while the record waits.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    host.shutdown().await;
+    assert_eq!(
+        committed(&mock, &group, "orders")[0],
+        1,
+        "the handled record is committed; the one still retrying is not, so it is redelivered"
+    );
+}
+
 async fn wait_until(within: Duration, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + within;
     while !done() {
