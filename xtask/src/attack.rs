@@ -266,17 +266,11 @@ impl Load {
                     let mut i = 0usize;
                     while !stop.load(Ordering::Relaxed) {
                         let started = Instant::now();
-                        let body = serde_json::json!({"name": format!("{tag} {i}"), "email": format!("{tag}-{i}@example.com")});
-                        let answer = ureq::post(&format!("{url}/producer-svc/users"))
-                            .timeout(Duration::from_secs(30))
-                            .send_json(body)
-                            .ok()
-                            .and_then(|r| r.into_json::<serde_json::Value>().ok());
-                        match answer.as_ref().and_then(|v| v["id"].as_str()) {
-                            Some(id) => {
-                                ids.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string());
+                        match crate::demo::create_user(&url, &format!("{tag} {i}"), &format!("{tag}-{i}@example.com")) {
+                            Ok(id) => {
+                                ids.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
                             }
-                            None => {
+                            Err(_) => {
                                 refused.fetch_add(1, Ordering::Relaxed);
                                 let mut slowest = slowest.lock().unwrap_or_else(|e| e.into_inner());
                                 *slowest = (*slowest).max(started.elapsed());
@@ -612,19 +606,11 @@ pub fn run(options: Options, stop: &AtomicBool) -> anyhow::Result<Vec<Finding>> 
 }
 
 fn write_markdown(path: &Path, findings: &[Finding], seed: u64, minutes: f64, soak: bool) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (Some(begin), Some(end)) = (text.find(BEGIN), text.find(END)) else {
-        bail!("{} has no generated section", path.display());
-    };
-    let date = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let mut s = format!("{BEGIN}\n\n");
+    let mut s = String::new();
     let _ = writeln!(
         s,
-        "Last run: {date} UTC, `cargo xtask attack{}`, {minutes:.1} minutes, seed {seed}.\n",
+        "Last run: {} UTC, `cargo xtask attack{}`, {minutes:.1} minutes, seed {seed}.\n",
+        crate::now_utc(),
         if soak { " --soak" } else { "" }
     );
     let _ = writeln!(
@@ -638,7 +624,5 @@ fn write_markdown(path: &Path, findings: &[Finding], seed: u64, minutes: f64, so
             f.name, f.faults, f.users, f.lost, f.dead_lettered, f.repeats, f.notes
         );
     }
-    let _ = write!(s, "\n{END}");
-    std::fs::write(path, format!("{}{s}{}", &text[..begin], &text[end + END.len()..]))?;
-    Ok(())
+    crate::replace_generated(path, BEGIN, END, &s)
 }

@@ -114,14 +114,8 @@ fn runtime_bench() -> anyhow::Result<Figures> {
     Ok(figures)
 }
 
-/// Creates one user; returns its id.
 fn create_user(producer_url: &str, i: usize) -> anyhow::Result<String> {
-    let body = serde_json::json!({"name": format!("Bench User {i}"), "email": format!("bench{i}@example.com")});
-    let response: serde_json::Value = ureq::post(&format!("{producer_url}/producer-svc/users"))
-        .timeout(Duration::from_secs(10))
-        .send_json(body)?
-        .into_json()?;
-    Ok(response["id"].as_str().context("no id in the producer's answer")?.to_string())
+    crate::demo::create_user(producer_url, &format!("Bench User {i}"), &format!("bench{i}@example.com"))
 }
 
 /// A component with the same code and a different digest: a custom section (id 0) appended.
@@ -467,14 +461,10 @@ pub fn verdicts(f: &Figures) -> Vec<Verdict> {
 
 /// Replaces the generated section of `path` with the figures.
 fn write_markdown(path: &Path, f: &Figures, verdicts: &[Verdict]) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (Some(begin), Some(end)) = (text.find(BEGIN), text.find(END)) else {
-        bail!("{} has no generated section (markers {BEGIN:?} … {END:?})", path.display());
-    };
     let get = |k: &str| f.get(k).copied().unwrap_or(f64::NAN);
     let mut s = String::new();
-    let _ = writeln!(s, "{BEGIN}\n");
-    let _ = writeln!(s, "Last run: {} UTC, {:.1} minutes. ![figures](bench.svg)\n", now_utc(), get("run.minutes"));
+    let _ =
+        writeln!(s, "Last run: {} UTC, {:.1} minutes. ![figures](bench.svg)\n", crate::now_utc(), get("run.minutes"));
     let _ = writeln!(s, "| | target | measured | |\n|---|---|---|---|");
     for v in verdicts {
         let status = match v.pass {
@@ -488,20 +478,7 @@ fn write_markdown(path: &Path, f: &Figures, verdicts: &[Verdict]) -> anyhow::Res
     for (k, v) in f {
         let _ = writeln!(s, "| `{k}` | {v:.3} |");
     }
-    let _ = write!(s, "\n{END}");
-    let out = format!("{}{s}{}", &text[..begin], &text[end + END.len()..]);
-    std::fs::write(path, out)?;
-    Ok(())
-}
-
-/// The current time, `YYYY-MM-DD HH:MM`, from `date` (no clock crate for one line).
-fn now_utc() -> String {
-    std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
+    crate::replace_generated(path, BEGIN, END, &s)
 }
 
 /// A bar chart of throughput and latency per configuration.

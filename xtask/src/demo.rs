@@ -178,6 +178,17 @@ pub struct System {
     producer_starts: usize,
 }
 
+/// Creates one user through the producer at `producer_url` (10 s timeout); returns its id.
+pub fn create_user(producer_url: &str, name: &str, email: &str) -> anyhow::Result<String> {
+    let body = serde_json::json!({"name": name, "email": email});
+    let response: serde_json::Value = ureq::post(&format!("{producer_url}/producer-svc/users"))
+        .timeout(Duration::from_secs(10))
+        .send_json(body)
+        .with_context(|| format!("creating the user {name:?}"))?
+        .into_json()?;
+    Ok(response["id"].as_str().context("the producer answered without an id")?.to_string())
+}
+
 /// The command that starts the producer on `port`.
 fn producer_command(bin: &Path, port: u16, brokers: &str) -> Command {
     let mut command = Command::new(bin.join("producer"));
@@ -446,17 +457,9 @@ impl System {
 
     /// Creates `n` users through the producer; returns their ids.
     pub fn create_users(&self, n: usize) -> anyhow::Result<BTreeSet<String>> {
-        let mut ids = BTreeSet::new();
-        for i in 0..n {
-            let body = serde_json::json!({"name": format!("Demo User {i}"), "email": format!("demo{i}@example.com")});
-            let response = ureq::post(&format!("{}/producer-svc/users", self.producer_url))
-                .timeout(Duration::from_secs(10))
-                .send_json(body)
-                .with_context(|| format!("creating user {i}"))?
-                .into_json::<serde_json::Value>()?;
-            ids.insert(response["id"].as_str().context("the producer answered without an id")?.to_string());
-        }
-        Ok(ids)
+        (0..n)
+            .map(|i| create_user(&self.producer_url, &format!("Demo User {i}"), &format!("demo{i}@example.com")))
+            .collect()
     }
 
     /// The Kafka bootstrap address the services use.

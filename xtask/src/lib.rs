@@ -100,3 +100,24 @@ pub fn build_handlers() -> anyhow::Result<PathBuf> {
 pub fn build_test_fixtures() -> anyhow::Result<PathBuf> {
     build_components("test-fixtures")
 }
+
+/// The current time, `YYYY-MM-DD HH:MM` (UTC), from `date` (no clock crate for one line).
+pub fn now_utc() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Replaces what lies between the markers `begin` and `end` in the document at `path` with
+/// `body` (the markers stay), so a command can keep its figures in a hand-written document.
+pub fn replace_generated(path: &Path, begin: &str, end: &str, body: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (Some(from), Some(to)) = (text.find(begin), text.find(end)) else {
+        bail!("{} has no generated section (markers {begin:?} … {end:?})", path.display());
+    };
+    let out = format!("{}{begin}\n\n{}\n\n{}", &text[..from], body.trim(), &text[to..]);
+    std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))
+}
