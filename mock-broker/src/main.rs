@@ -4,10 +4,15 @@
 //! Usage: `mock-broker [--brokers N] [--topic NAME:PARTITIONS]...`. Prints
 //! `bootstrap <host:port,...>` on stdout once the cluster and its topics exist, then reads
 //! commands on stdin, one per line: `down <broker-id>` and `up <broker-id>` (fault injection),
-//! `quit`. End of input also quits.
+//! `errors <request> <error> <count>` (the next `count` requests of that kind fail with that
+//! error: requests `produce`, `fetch`, `offset-commit`, `offset-fetch`, `heartbeat`,
+//! `join-group`, `sync-group`, `metadata`; errors `not-enough-replicas`, `not-leader`,
+//! `timed-out`, `not-coordinator`, `rebalance-in-progress`, `disconnect`), `clear <request>`
+//! (drop the errors still pending for that kind), `quit`. End of input also quits.
 
 use anyhow::{Context, bail};
 use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use std::io::{BufRead, Write};
 
 fn main() -> anyhow::Result<()> {
@@ -48,10 +53,34 @@ fn main() -> anyhow::Result<()> {
         let result = match (words.next(), words.next().map(str::parse::<i32>)) {
             (Some("down"), Some(Ok(id))) => cluster.broker_down(id).map(|()| format!("broker {id} down")),
             (Some("up"), Some(Ok(id))) => cluster.broker_up(id).map(|()| format!("broker {id} up")),
+            (Some("clear"), _) => match line.split_whitespace().nth(1).and_then(api_key) {
+                Some(api) => {
+                    cluster.clear_request_errors(api);
+                    Ok(format!("no more {api:?} errors pending"))
+                }
+                None => {
+                    eprintln!("usage: clear <request> (see --help)");
+                    continue;
+                }
+            },
+            (Some("errors"), _) => {
+                let mut words = line.split_whitespace().skip(1);
+                match (words.next().and_then(api_key), words.next().and_then(error_code), words.next().map(str::parse))
+                {
+                    (Some(api), Some(error), Some(Ok(count))) => {
+                        cluster.request_errors(api, &vec![error; count]);
+                        Ok(format!("the next {count} {api:?} requests fail"))
+                    }
+                    _ => {
+                        eprintln!("usage: errors <request> <error> <count> (see --help)");
+                        continue;
+                    }
+                }
+            }
             (Some("quit"), _) => break,
             (None, _) => continue,
             _ => {
-                eprintln!("unknown command {line:?} (down N, up N, quit)");
+                eprintln!("unknown command {line:?} (down N, up N, errors REQUEST ERROR COUNT, quit)");
                 continue;
             }
         };
@@ -66,4 +95,30 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn api_key(name: &str) -> Option<RDKafkaApiKey> {
+    Some(match name {
+        "produce" => RDKafkaApiKey::Produce,
+        "fetch" => RDKafkaApiKey::Fetch,
+        "offset-commit" => RDKafkaApiKey::OffsetCommit,
+        "offset-fetch" => RDKafkaApiKey::OffsetFetch,
+        "heartbeat" => RDKafkaApiKey::Heartbeat,
+        "join-group" => RDKafkaApiKey::JoinGroup,
+        "sync-group" => RDKafkaApiKey::SyncGroup,
+        "metadata" => RDKafkaApiKey::Metadata,
+        _ => return None,
+    })
+}
+
+fn error_code(name: &str) -> Option<RDKafkaRespErr> {
+    Some(match name {
+        "not-enough-replicas" => RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+        "not-leader" => RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+        "timed-out" => RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        "not-coordinator" => RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
+        "rebalance-in-progress" => RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS,
+        "disconnect" => RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT,
+        _ => return None,
+    })
 }

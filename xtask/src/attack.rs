@@ -1,6 +1,7 @@
 //! `cargo xtask attack`: the fault suite. Real processes (the embedded broker, the producer, one
 //! or more hosts) under a flow of users, attacked with real faults: `kill -9` of the host at
-//! random moments, the broker taken down and brought back, the producer killed while handlers
+//! random moments, the broker taken down and brought back, requests failing at the broker, the
+//! producer killed while handlers
 //! call it (and the host killed while those records wait in retry), hosts joining and leaving in
 //! a storm, SIGTERM under heavy load.
 //!
@@ -455,6 +456,47 @@ fn broker_outage(a: &mut Attack<'_>, outages: usize) -> anyhow::Result<Finding> 
     )
 }
 
+/// 2b. Requests failing at the broker: produce, fetch, commit and group requests answered with
+///     retriable errors or a dropped connection, many times over, while users flow.
+fn request_errors(a: &mut Attack<'_>, rounds: usize) -> anyhow::Result<Finding> {
+    const INJECTED: [(&str, &str, usize); 7] = [
+        ("produce", "not-enough-replicas", 40),
+        ("produce", "timed-out", 10),
+        ("fetch", "not-leader", 40),
+        ("fetch", "disconnect", 5),
+        ("offset-commit", "not-coordinator", 10),
+        ("offset-commit", "rebalance-in-progress", 10),
+        ("heartbeat", "rebalance-in-progress", 5),
+    ];
+    let dead_before = a.dead_letters()?;
+    let load = Load::start(&a.system.producer_url, 2, Duration::from_millis(10), "errors");
+    let mut injected = 0;
+    for _ in 0..rounds {
+        std::thread::sleep(Duration::from_secs(1));
+        for (request, error, count) in INJECTED {
+            a.system.broker_command(&format!("errors {request} {error} {count}"))?;
+            injected += count;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    // What the clients did not run into yet is dropped, so the next attack starts clean.
+    for request in ["produce", "fetch", "offset-commit", "heartbeat"] {
+        a.system.broker_command(&format!("clear {request}"))?;
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let refused = load.refused.load(Ordering::Relaxed);
+    let ids = load.finish();
+    a.finish(
+        "request errors injected at the broker",
+        injected,
+        &ids,
+        dead_before,
+        format!(
+            "per round: produce NOT_ENOUGH_REPLICAS x40 and REQUEST_TIMED_OUT x10, fetch NOT_LEADER x40 and a dropped connection x5, commit NOT_COORDINATOR x10 and REBALANCE_IN_PROGRESS x10, heartbeat REBALANCE_IN_PROGRESS x5; {refused} POSTs refused"
+        ),
+    )
+}
+
 /// 3. The producer killed while handlers call it, and the host killed while those records wait
 ///    in retry: the records retry, survive the crash, and flow when the producer returns.
 fn producer_down(a: &mut Attack<'_>) -> anyhow::Result<Finding> {
@@ -591,6 +633,7 @@ pub fn run(options: Options, stop: &AtomicBool) -> anyhow::Result<Vec<Finding>> 
     let findings = vec![
         kill9_cycles(&mut a, kills)?,
         broker_outage(&mut a, outages)?,
+        request_errors(&mut a, outages)?,
         producer_down(&mut a)?,
         rebalance_storm(&mut a, storms)?,
         sigterm_under_load(&mut a, terms)?,

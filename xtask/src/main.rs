@@ -15,8 +15,8 @@ commands:
                    the end-to-end suite on Tansu (installed into ~/.cache/kafka-wasm when missing),
                    the attack suite
   e2e              only the end-to-end suite on Tansu
-  attack           the fault suite: kill -9, broker outage, producer down, rebalance storm, SIGTERM
-                   under load, on real processes; [--soak] many more cycles; [--write-docs] put the
+  attack           the fault suite: kill -9, broker outage, request errors, producer down,
+                   rebalance storm, SIGTERM under load, on real processes; [--soak] many more cycles; [--write-docs] put the
                    figures in docs/RELIABILITY.md
   bench            run every benchmark (about 10 minutes), print PASS/FAIL per performance target,
                    write docs/BENCHMARKS.md and docs/bench.svg";
