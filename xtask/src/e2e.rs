@@ -180,14 +180,21 @@ pub fn run(stop: &AtomicBool) -> anyhow::Result<()> {
     std::fs::rename(handlers.join(".issued-token.wasm.tmp"), handlers.join("issued-token.wasm"))?;
     let more = system.create_users(50)?;
     chains(&system, &events, &flowing.union(&more).cloned().collect(), stop, "handler swapped while records flow")?;
-    let status: serde_json::Value = ureq::get(&format!("{}/handlers", system.host_url)).call()?.into_json()?;
-    let digest =
-        status.as_array().and_then(|a| a.iter().find(|h| h["topic"] == "issued-token")).map(|h| h["sha256"].clone());
+    // The chains can finish before the reload scan picks the new file up: give it a few seconds.
     let expected = format!("sha256:{}", hex_digest(&swapped));
-    ensure!(
-        digest == Some(serde_json::Value::String(expected.clone())),
-        "issued-token runs {digest:?}, not the swapped-in {expected}"
-    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: serde_json::Value = ureq::get(&format!("{}/handlers", system.host_url)).call()?.into_json()?;
+        let digest = status
+            .as_array()
+            .and_then(|a| a.iter().find(|h| h["topic"] == "issued-token"))
+            .map(|h| h["sha256"].clone());
+        if digest == Some(serde_json::Value::String(expected.clone())) {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "issued-token still runs {digest:?} 10 s on, not the swapped-in {expected}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     eprintln!("e2e: /handlers shows the swapped-in issued-token handler ({expected})");
 
     // 4. kill -9 of the host mid-stream (after some of the users' chains completed), then a
