@@ -246,6 +246,24 @@ async fn oversized_and_slow_producer_answers_are_typed_errors() {
 }
 
 #[tokio::test]
+async fn a_request_body_over_the_limit_is_denied_before_anything_is_sent() {
+    let stub = StubProducer::start().await;
+    let limits = HandlerLimits { max_producer_request_bytes: 64 * 1024, ..HandlerLimits::default() };
+    let mut worker = hostile_worker(limits, ProducerClient::new(&stub.url).expect("url"));
+    let inv = misdeed(&mut worker, "big-body", &(8 * 1024 * 1024).to_string()).await;
+    assert_eq!(inv.outcome, Outcome::Ok, "the handler saw a typed error and carried on");
+    let result: serde_json::Value = serde_json::from_str(&inv.events[0].payload).expect("json");
+    let error = result["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("CallError::Denied") && error.contains("65536"), "{result}");
+    assert!(stub.seen().is_empty(), "nothing reached the producer");
+    // At the limit it goes through.
+    let inv = misdeed(&mut worker, "big-body", &(64 * 1024).to_string()).await;
+    let result: serde_json::Value = serde_json::from_str(&inv.events[0].payload).expect("json");
+    assert!(result["status"].is_number(), "a body at the limit is sent: {result}");
+    assert_eq!(stub.seen().len(), 1);
+}
+
+#[tokio::test]
 async fn components_that_break_the_contract_are_rejected_naming_what_is_wrong() {
     let engine = engine();
     let limits = HandlerLimits::default;

@@ -157,6 +157,22 @@ impl handler_sdk::Guest for Hostile {
                 }
                 Ok(())
             }
+            "big-body" => {
+                // POSTs a body of the value's number of bytes; the result becomes an event.
+                let size: usize = value_str(&record).parse().unwrap_or(0);
+                let result = producer_api::call(&Request {
+                    method: Method::Post,
+                    path: "/producer-svc/tokens".into(),
+                    headers: vec![],
+                    body: vec![b'x'; size],
+                });
+                let result = match result {
+                    Ok(r) => serde_json::json!({"status": r.status}),
+                    Err(e) => serde_json::json!({"error": format!("{e:?}")}),
+                };
+                publish_event("call", &result.to_string());
+                Ok(())
+            }
             "call-headers" => {
                 // The value is a JSON array of [name, value] pairs to send on one call.
                 let headers: Vec<(String, String)> =
