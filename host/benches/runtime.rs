@@ -46,6 +46,20 @@ fn per_record(c: &mut Criterion) {
             assert_eq!(outcome, Outcome::Ok);
         })
     });
+    // The fixed cost of a call: the same reused instance with a one-byte value, no key, no
+    // headers, so almost nothing is lowered into the guest.
+    let small = Record { key: None, value: Some(vec![b'x']), headers: Vec::new(), ..record.clone() };
+    {
+        let limits = HandlerLimits { recycle_after_records: u64::MAX, ..HandlerLimits::default() };
+        let module = HandlerModule::load_file(&engine, &path, limits).expect("load trivial");
+        let mut worker = Worker::new(module, ProducerClient::unconfigured());
+        group.bench_function("wasm_reuse_1B", |b| {
+            b.iter(|| {
+                let inv = rt.block_on(worker.invoke(black_box(&small)));
+                assert_eq!(inv.outcome, Outcome::Ok);
+            })
+        });
+    }
     for (name, policy) in [("wasm_reuse", InstancePolicy::Reuse), ("wasm_fresh", InstancePolicy::Fresh)] {
         let limits =
             HandlerLimits { instance_policy: policy, recycle_after_records: u64::MAX, ..HandlerLimits::default() };

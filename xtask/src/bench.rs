@@ -104,7 +104,7 @@ fn runtime_bench() -> anyhow::Result<Figures> {
             .args(["bench", "--quiet", "-p", "host", "--bench", "runtime", "--", "--noplot"]),
     )?;
     let mut figures = Figures::new();
-    for name in ["native", "wasm_reuse", "wasm_fresh"] {
+    for name in ["native", "wasm_reuse_1B", "wasm_reuse", "wasm_fresh"] {
         let path = crate::target_dir().join("criterion/handle_1KiB").join(name).join("new/estimates.json");
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let estimates: serde_json::Value = serde_json::from_str(&text)?;
@@ -497,6 +497,7 @@ pub fn svg(f: &Figures) -> String {
             "Per-record cost (µs)",
             vec![
                 ("native", get("runtime.native_us")),
+                ("wasm, reuse, 1-byte record", get("runtime.wasm_reuse_1B_us")),
                 ("wasm, reuse", get("runtime.wasm_reuse_us")),
                 ("wasm, fresh", get("runtime.wasm_fresh_us")),
             ],
