@@ -366,7 +366,11 @@ impl System {
     /// Starts one more host in the same group (a scale-out); returns its base URL.
     pub fn start_extra_host(&mut self) -> anyhow::Result<String> {
         self.host_starts += 1;
-        let port = free_port(0);
+        // A port of its own, known before it starts (PORT=0 would leave us without its address).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .context("no free port for another host")?;
         let host = self
             .host_command(port)
             .stderr(log_file(&self.dir, &format!("host-{}", self.host_starts))?)
