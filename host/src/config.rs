@@ -135,6 +135,21 @@ pub struct HostConfig {
     pub reload_interval: Duration,
     /// How long in-flight records may take to finish at shutdown or revoke.
     pub drain_timeout: Duration,
+    /// A Kafka topic that receives every event handlers publish, besides `GET /events`. Each is
+    /// acknowledged by the broker before its record's offset is stored, so the topic holds every
+    /// event of every record handled `ok` (at least once). `None`: the live stream only.
+    pub events_topic: Option<String>,
+}
+
+/// Checks a Kafka topic name: 1 to 249 of `[A-Za-z0-9._-]`, and not `.` or `..`.
+fn check_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 249 || name == "." || name == ".." {
+        return Err(format!("{name:?} is not a Kafka topic name (1 to 249 characters, not . or ..)"));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("{name:?} is not a Kafka topic name ({c:?} is not one of A-Z a-z 0-9 . _ -)"));
+    }
+    Ok(())
 }
 
 /// Every variable the host reads besides the shared `KAFKA_*` ones.
@@ -157,6 +172,7 @@ pub const VARIABLES: &[&str] = &[
     "WASM_MAX_MEMORY_BYTES",
     "RELOAD_INTERVAL_MS",
     "DRAIN_TIMEOUT_MS",
+    "EVENTS_TOPIC",
 ];
 
 impl HostConfig {
@@ -224,6 +240,10 @@ impl HostConfig {
         }
         let reload_interval = Duration::from_millis(p.parse_in(env, "RELOAD_INTERVAL_MS", 250u64, 10..=60_000));
         let drain_timeout = Duration::from_millis(p.parse_in(env, "DRAIN_TIMEOUT_MS", 10_000u64, 0..=600_000));
+        let events_topic = env.get("EVENTS_TOPIC").filter(|t| !t.is_empty()).map(str::to_string);
+        if let Some(Err(e)) = events_topic.as_deref().map(check_topic_name) {
+            p.push(format!("EVENTS_TOPIC: {e}"));
+        }
         let Some(kafka) = kafka else {
             return Err(p.finish(()).expect_err("kafka problems were recorded"));
         };
@@ -239,6 +259,7 @@ impl HostConfig {
             engine,
             reload_interval,
             drain_timeout,
+            events_topic,
         })
     }
 }
@@ -255,6 +276,17 @@ mod tests {
         assert_eq!(c.producer_url, "http://127.0.0.1:9001");
         assert_eq!(c.handlers_dir, PathBuf::from("./handlers"));
         assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(c.events_topic, None);
+    }
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        for good in ["handler-events", "a", "A.b_c-9", &"x".repeat(249)] {
+            assert_eq!(check_topic_name(good), Ok(()), "{good}");
+        }
+        for bad in ["", ".", "..", "a b", "a/b", "ü", &"x".repeat(250)] {
+            assert!(check_topic_name(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]
@@ -265,9 +297,12 @@ mod tests {
             ("HANDLER_CALL_TIMEOUT_MS", "0"),
             ("HANDLER_INSTANCE_POLICY", "sometimes"),
             ("RETRY_IN_PLACE_ATTEMPTS", "0"),
+            ("EVENTS_TOPIC", "events/all"),
         ]);
         let text = HostConfig::from_env(&env).expect_err("bad").to_string();
-        for needle in ["PORT", "PRODUCER_URL", "call_timeout_ms", "HANDLER_INSTANCE_POLICY", "in_place_attempts"] {
+        for needle in
+            ["PORT", "PRODUCER_URL", "call_timeout_ms", "HANDLER_INSTANCE_POLICY", "in_place_attempts", "EVENTS_TOPIC"]
+        {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }
     }

@@ -105,13 +105,8 @@ async fn events(State(s): State<ApiState>) -> Sse<impl Stream<Item = Result<SseE
         async move {
             match rx.recv().await {
                 Ok(event) => {
-                    let payload = serde_json::from_str::<serde_json::Value>(&event.payload)
-                        .unwrap_or(serde_json::Value::String(event.payload));
-                    let data = serde_json::json!({
-                        "kind": event.kind, "payload": payload,
-                        "topic": event.topic, "partition": event.partition, "offset": event.offset,
-                    });
-                    Some((Ok(SseEvent::default().event(event.kind.clone()).data(data.to_string())), rx))
+                    let data = event.to_json().to_string();
+                    Some((Ok(SseEvent::default().event(event.kind).data(data)), rx))
                 }
                 Err(RecvError::Lagged(n)) => {
                     // A subscriber that cannot keep up is dropped rather than slowing consumption.

@@ -85,6 +85,20 @@ pub struct Event {
     pub offset: i64,
 }
 
+impl Event {
+    /// The event as JSON, as both `GET /events` and the events topic carry it: `kind`, `payload`
+    /// (parsed when it is JSON, else a string), and the source record's `topic`, `partition` and
+    /// `offset`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let payload = serde_json::from_str::<serde_json::Value>(&self.payload)
+            .unwrap_or_else(|_| serde_json::Value::String(self.payload.clone()));
+        serde_json::json!({
+            "kind": self.kind, "payload": payload,
+            "topic": self.topic, "partition": self.partition, "offset": self.offset,
+        })
+    }
+}
+
 /// One producer-API call a handler made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CallSummary {

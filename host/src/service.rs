@@ -58,7 +58,12 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
     loader.scan(false).await.with_context(|| format!("cannot read HANDLERS_DIR {}", config.handlers_dir.display()))?;
     tracing::info!(topics = ?registry.active_topics(), dir = %config.handlers_dir.display(), "handlers loaded");
     let loader = tokio::spawn(loader.run(config.reload_interval, stop_rx.clone()));
-    let topics = tokio::spawn(ensure_topics(config.kafka.clone(), registry.watch_topics(), stop_rx.clone()));
+    let topics = tokio::spawn(ensure_topics(
+        config.kafka.clone(),
+        config.events_topic.clone(),
+        registry.watch_topics(),
+        stop_rx.clone(),
+    ));
 
     let pipeline = Pipeline::start(PipelineDeps {
         kafka: config.kafka.clone(),
@@ -69,6 +74,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         producer_client: producer.clone(),
         health: health.clone(),
         drain_timeout: config.drain_timeout,
+        events_topic: config.events_topic.clone(),
     })?;
 
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port))
@@ -136,16 +142,21 @@ pub async fn run(config: HostConfig, signal: impl Future<Output = ()>) -> anyhow
     Ok(())
 }
 
-/// Creates each handler topic's topic, retry topic and dead-letter topic when missing, whenever
-/// the handler set changes; retries until the broker answers.
+/// Creates each handler topic's topic, retry topic and dead-letter topic, and the events topic,
+/// when missing, whenever the handler set changes; retries until the broker answers.
 async fn ensure_topics(
     kafka: common::kafka::KafkaSettings,
+    events_topic: Option<String>,
     mut topics: watch::Receiver<Vec<String>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let wanted: Vec<String> =
-            topics.borrow_and_update().iter().flat_map(|t| [t.clone(), retry_topic(t), dlq_topic(t)]).collect();
+        let wanted: Vec<String> = topics
+            .borrow_and_update()
+            .iter()
+            .flat_map(|t| [t.clone(), retry_topic(t), dlq_topic(t)])
+            .chain(events_topic.clone())
+            .collect();
         let mut delay = Duration::from_millis(500);
         while !wanted.is_empty() {
             let refs: Vec<&str> = wanted.iter().map(String::as_str).collect();

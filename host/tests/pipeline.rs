@@ -236,3 +236,48 @@ async fn wait_until(within: Duration, mut done: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_events_topic_every_event_is_on_it_before_its_record_is_committed() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = cluster(&["orders"]);
+    mock.create_topic("handler-events", PARTITIONS, 1).expect("events topic");
+    let dir = handlers_dir("orders", None);
+    let group = uuid_like();
+    let host = start_host(host_env(&mock, dir.path(), &group, &[("EVENTS_TOPIC", "handler-events")])).await;
+    let p = producer(&mock);
+    produce(&p, "orders", 2, "echo", "first", &[]).await;
+    produce(&p, "orders", 2, "reject", "publishes nothing", &[]).await;
+    let events = read_topic(&mock, "handler-events", 1, Duration::from_secs(20));
+    assert_eq!(events.len(), 1, "one event for the echo record, none for the rejected one");
+    let e = &events[0];
+    assert_eq!(e.key.as_deref(), Some("echo"), "keyed by the source record's key");
+    assert_eq!(e.header("event-kind"), Some("record"));
+    let json: serde_json::Value = serde_json::from_str(e.value.as_deref().expect("value")).expect("JSON");
+    assert_eq!((json["kind"].as_str(), json["topic"].as_str()), (Some("record"), Some("orders")));
+    assert_eq!((json["partition"].as_i64(), json["offset"].as_i64()), (Some(2), Some(0)));
+    assert_eq!(json["payload"]["value"], "first", "the payload as the handler published it");
+
+    // A handler that sleeps 2 s, then publishes; meanwhile the broker starts refusing every
+    // produce. The record ends `ok` but its event is not acknowledged, so its offset must not be
+    // committed, however long that takes.
+    produce(&p, "orders", 2, "sleep", "2000", &[]).await;
+    mock.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 5000]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric(host.addr, r#"host_records_total{topic="orders",outcome="ok"}"#).await < 2.0 {
+        assert!(std::time::Instant::now() < deadline, "the sleeping record was not handled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Three auto-commit intervals while the event waits for the broker.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(committed(&mock, &group, "orders")[2], 2, "committed up to the record whose event is pending");
+    mock.clear_request_errors(RDKafkaApiKey::Produce);
+    let events = read_topic(&mock, "handler-events", 2, Duration::from_secs(30));
+    assert_eq!(events.len(), 2, "the pending event arrived once the broker took it");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while committed(&mock, &group, "orders")[2] != 3 {
+        assert!(std::time::Instant::now() < deadline, "the record was not committed after its event was acknowledged");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    host.shutdown().await;
+}

@@ -5,14 +5,17 @@
 //! call it (and the host killed while those records wait in retry), hosts joining and leaving in
 //! a storm, SIGTERM under heavy load.
 //!
-//! After each attack the broker is the judge, not the hosts' own reports: every user the
-//! producer accepted must have its token on `issued-token` (so its `new-user-created` record was
-//! handled), and the hosts' group must have committed every record of the consumed topics (so
-//! each was handled to a final outcome). Anything short of that is a lost record and fails the
-//! run. Records handled more than once are counted from the hosts' event streams.
+//! After each attack the broker is the judge, not the hosts' own reports. The hosts send every
+//! handler event to the events topic (`EVENTS_TOPIC`), each acknowledged before its record's
+//! offset is stored. Every user the producer accepted must have its token on `issued-token`, a
+//! `user-created` and a `token-verified` event on the events topic (so both of its records were
+//! handled `ok`), and the hosts' group must have committed every record of the consumed topics.
+//! Anything short of that is a lost record and fails the run; so does any dead letter (no record
+//! here is malformed). Records handled more than once are counted from the events topic: each
+//! extra `user-created` or `token-verified` event of a user is one repeat.
 //! `--write-docs` puts the figures in docs/RELIABILITY.md; `--soak` runs many more cycles.
 
-use crate::demo::{HOST_GROUP, Launch, System, follow_events};
+use crate::demo::{EVENTS_TOPIC, HOST_GROUP, Launch, System};
 use anyhow::{Context, bail, ensure};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -20,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Marks the start of the generated section of docs/RELIABILITY.md.
@@ -61,56 +64,16 @@ pub struct Finding {
     pub faults: usize,
     /// Users accepted by the producer during the attack.
     pub users: usize,
-    /// Of those, users whose record never led to an issued token, plus records the group never
-    /// finished (committed offsets short of the end): the target is 0, and a run with any fails.
+    /// Of those, users without a token or without either handler's event, plus records the group
+    /// never finished (committed offsets short of the end): the target is 0; any fails the run.
     pub lost: usize,
-    /// Records dead-lettered during the attack (handled, not lost; none is expected here).
+    /// Records dead-lettered during the attack (none is expected: any fails the run).
     pub dead_lettered: i64,
-    /// Extra `token-verified` events: records handled again after the fault.
+    /// Extra `user-created` and `token-verified` events on the events topic: records handled
+    /// again after the fault.
     pub repeats: usize,
     /// Other figures (timings, refusals).
     pub notes: String,
-}
-
-/// Counts `token-verified` events per user from every host's `/events` stream.
-#[derive(Clone)]
-struct Tracker {
-    verified: Arc<Mutex<BTreeMap<String, usize>>>,
-    tx: mpsc::Sender<serde_json::Value>,
-}
-
-impl Tracker {
-    fn new() -> Self {
-        let verified: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
-        let (tx, rx) = mpsc::channel::<serde_json::Value>();
-        let counts = verified.clone();
-        std::thread::spawn(move || {
-            for event in rx {
-                if event["kind"] == "token-verified"
-                    && let Some(user) = event["payload"]["user_id"].as_str()
-                    && let Ok(mut counts) = counts.lock()
-                {
-                    *counts.entry(user.to_string()).or_default() += 1;
-                }
-            }
-        });
-        Self { verified, tx }
-    }
-
-    /// Follows one more host's event stream (it reconnects when the host restarts).
-    fn follow(&self, host_url: &str) {
-        follow_events(host_url.to_string(), self.tx.clone());
-    }
-
-    fn counts(&self, ids: &BTreeSet<String>) -> Vec<usize> {
-        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        ids.iter().map(|id| verified.get(id).copied().unwrap_or(0)).collect()
-    }
-
-    /// The `token-verified` events beyond the first per user, among `ids`.
-    fn repeats(&self, ids: &BTreeSet<String>) -> usize {
-        self.counts(ids).iter().map(|&n| n.saturating_sub(1)).sum()
-    }
 }
 
 /// The consumed topics, whose committed offsets must reach their ends.
@@ -118,34 +81,135 @@ const CONSUMED: [&str; 4] = ["new-user-created", "issued-token", "new-user-creat
 /// The dead-letter topics.
 const DEAD_LETTERS: [&str; 2] = ["new-user-created.dlq", "issued-token.dlq"];
 
-/// The broker's account of what happened, independent of any host's event stream: which users
-/// got a token (the `issued-token` topic is keyed by user id), whether the hosts' group
-/// committed every consumed record, and how many records were dead-lettered.
+/// The event kinds each user's records must publish once handled: the `new-user-created`
+/// handler's and the `issued-token` handler's.
+const EVENT_KINDS: [&str; 2] = ["user-created", "token-verified"];
+
+/// The broker's account of what happened, independent of any host: which users got a token (the
+/// `issued-token` topic is keyed by user id), which users' records were handled (the events topic,
+/// keyed by the source record's key, the user id), whether the hosts' group committed every
+/// consumed record, and how many records were dead-lettered.
 struct Ledger {
     brokers: String,
+    /// Records seen so far per (topic or event kind, user id), read incrementally.
+    tally: Tally,
+}
+
+/// What one settle found missing.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Missing {
+    /// Users without a token on `issued-token`.
+    tokens: usize,
+    /// Users without a `user-created` event: their `new-user-created` record was not handled.
+    created: usize,
+    /// Users without a `token-verified` event: their `issued-token` record was not handled.
+    verified: usize,
+    /// Records of the consumed topics the group never committed past.
+    unfinished: i64,
+}
+
+impl Missing {
+    fn total(&self) -> usize {
+        self.tokens + self.created + self.verified + self.unfinished.max(0) as usize
+    }
+}
+
+/// Reads `issued-token` and the events topic from the start, and later from where it stopped,
+/// counting records per (what, user): `what` is `issued-token` or the event's kind.
+struct Tally {
+    consumer: BaseConsumer,
+    counts: BTreeMap<(String, String), usize>,
+}
+
+impl Tally {
+    fn new(brokers: &str) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer = ledger_consumer(brokers, "attack-ledger")?;
+        let mut tpl = TopicPartitionList::new();
+        for topic in ["issued-token", EVENTS_TOPIC] {
+            for p in partitions(&consumer, topic)? {
+                tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+            }
+        }
+        consumer.assign(&tpl)?;
+        Ok(Self { consumer, counts: BTreeMap::new() })
+    }
+
+    /// Reads every partition up to the end it has now.
+    fn catch_up(&mut self) -> anyhow::Result<()> {
+        let assignment = self.consumer.assignment()?;
+        let mut ends = BTreeMap::new();
+        for e in assignment.elements() {
+            let (_, high) = self.consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))?;
+            let position =
+                self.consumer.position()?.find_partition(e.topic(), e.partition()).and_then(|p| p.offset().to_raw());
+            if position.is_none_or(|at| at < high) && high > 0 {
+                ends.insert((e.topic().to_string(), e.partition()), high);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ends.is_empty() {
+            ensure!(Instant::now() < deadline, "could not read the ledger's topics to their ends within 60 s");
+            match self.consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    let user = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+                    let what = if m.topic() == EVENTS_TOPIC {
+                        let value: serde_json::Value =
+                            m.payload().and_then(|p| serde_json::from_slice(p).ok()).unwrap_or_default();
+                        value["kind"].as_str().unwrap_or("?").to_string()
+                    } else {
+                        m.topic().to_string()
+                    };
+                    *self.counts.entry((what, user)).or_default() += 1;
+                    let place = (m.topic().to_string(), m.partition());
+                    if ends.get(&place).is_some_and(|&end| m.offset() + 1 >= end) {
+                        ends.remove(&place);
+                    }
+                }
+                // Transient (the connection to a broker that was down): librdkafka reconnects, and
+                // the deadline bounds the wait.
+                Some(Err(_)) | None => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn count(&self, what: &str, user: &str) -> usize {
+        self.counts.get(&(what.to_string(), user.to_string())).copied().unwrap_or(0)
+    }
+}
+
+fn ledger_consumer(brokers: &str, group: &str) -> anyhow::Result<BaseConsumer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?)
+}
+
+/// The partitions of `topic`; an error when the broker does not know it or reports an error.
+fn partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<i32>> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let t = metadata.topics().iter().find(|t| t.name() == topic).with_context(|| format!("no metadata for {topic}"))?;
+    if let Some(e) = t.error() {
+        bail!("metadata for {topic}: {e:?}");
+    }
+    let ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    ensure!(!ids.is_empty(), "{topic} has no partitions");
+    Ok(ids)
 }
 
 impl Ledger {
-    fn consumer(&self, group: &str) -> anyhow::Result<BaseConsumer> {
-        Ok(ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()?)
-    }
-
-    fn partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<i32>> {
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        Ok(metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect())
+    fn new(brokers: &str) -> anyhow::Result<Self> {
+        Ok(Self { brokers: brokers.to_string(), tally: Tally::new(brokers)? })
     }
 
     /// Records of the consumed topics the group has not committed past: `sum(end - committed)`.
     fn unfinished(&self) -> anyhow::Result<i64> {
-        let consumer = self.consumer(HOST_GROUP)?;
+        let consumer = ledger_consumer(&self.brokers, HOST_GROUP)?;
         let mut tpl = TopicPartitionList::new();
         for topic in CONSUMED {
-            for p in Self::partitions(&consumer, topic)? {
+            for p in partitions(&consumer, topic)? {
                 tpl.add_partition(topic, p);
             }
         }
@@ -165,10 +229,10 @@ impl Ledger {
 
     /// Records on `topics` (end minus start, all partitions).
     fn count(&self, topics: &[&str]) -> anyhow::Result<i64> {
-        let consumer = self.consumer("attack-ledger")?;
+        let consumer = ledger_consumer(&self.brokers, "attack-ledger")?;
         let mut total = 0;
         for topic in topics {
-            for p in Self::partitions(&consumer, topic)? {
+            for p in partitions(&consumer, topic)? {
                 let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
                 total += high - low;
             }
@@ -176,77 +240,64 @@ impl Ledger {
         Ok(total)
     }
 
-    /// The keys on `topic`, read from the start to the end it has now.
-    fn keys(&self, topic: &str) -> anyhow::Result<BTreeSet<String>> {
-        let consumer = self.consumer("attack-ledger")?;
-        let mut tpl = TopicPartitionList::new();
-        let mut ends = BTreeMap::new();
-        for p in Self::partitions(&consumer, topic)? {
-            let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
-            if high > low {
-                tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-                ends.insert(p, high);
-            }
-        }
-        consumer.assign(&tpl)?;
-        let mut keys = BTreeSet::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !ends.is_empty() {
-            ensure!(Instant::now() < deadline, "could not read {topic} to its end within 60 s");
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-                if let Some(key) = m.key() {
-                    keys.insert(String::from_utf8_lossy(key).into_owned());
-                }
-                if ends.get(&m.partition()).is_some_and(|&end| m.offset() + 1 >= end) {
-                    ends.remove(&m.partition());
-                }
-            }
-        }
-        Ok(keys)
+    /// What is missing for `ids` now.
+    fn missing(&mut self, ids: &BTreeSet<String>) -> anyhow::Result<Missing> {
+        self.tally.catch_up()?;
+        let lacking = |what: &str| ids.iter().filter(|id| self.tally.count(what, id) == 0).count();
+        Ok(Missing {
+            tokens: lacking("issued-token"),
+            created: lacking(EVENT_KINDS[0]),
+            verified: lacking(EVENT_KINDS[1]),
+            unfinished: self.unfinished()?,
+        })
     }
 
-    /// Waits until every one of `ids` has a token and the group finished every record; returns
-    /// what is still missing at that point or at the deadline: (users without a token, records
-    /// not finished).
-    fn settle(&self, ids: &BTreeSet<String>, within: Duration, stop: &AtomicBool) -> anyhow::Result<(usize, i64)> {
+    /// Handlings beyond the first per user and event kind, among `ids`.
+    fn repeats(&self, ids: &BTreeSet<String>) -> usize {
+        EVENT_KINDS.iter().flat_map(|kind| ids.iter().map(move |id| self.tally.count(kind, id).saturating_sub(1))).sum()
+    }
+
+    /// Waits until nothing is missing for `ids`, or the deadline; returns what is missing then.
+    fn settle(&mut self, ids: &BTreeSet<String>, within: Duration, stop: &AtomicBool) -> anyhow::Result<Missing> {
         let deadline = Instant::now() + within;
         loop {
             ensure!(!stop.load(Ordering::Relaxed), "interrupted");
-            let tokens = self.keys("issued-token")?;
-            let missing = ids.iter().filter(|id| !tokens.contains(*id)).count();
-            let unfinished = self.unfinished()?;
-            if (missing == 0 && unfinished == 0) || Instant::now() > deadline {
-                return Ok((missing, unfinished));
+            let missing = self.missing(ids)?;
+            if missing.total() == 0 || Instant::now() > deadline {
+                return Ok(missing);
             }
             std::thread::sleep(Duration::from_secs(1));
         }
     }
 }
 
-/// Ends an attack: waits for the broker's account to settle, then counts.
+/// Ends an attack: waits for the broker's account to settle, then counts (lost, repeats, dead
+/// letters).
 fn conclude(
-    ledger: &Ledger,
-    tracker: &Tracker,
+    ledger: &mut Ledger,
     ids: &BTreeSet<String>,
     dead_before: i64,
     stop: &AtomicBool,
 ) -> anyhow::Result<(usize, usize, i64)> {
-    let (missing, unfinished) = ledger.settle(ids, Duration::from_secs(180), stop)?;
-    // Late events (and repeats) still arrive for a moment after the offsets are committed.
-    std::thread::sleep(Duration::from_secs(2));
+    let missing = ledger.settle(ids, Duration::from_secs(180), stop)?;
+    // Events acknowledged between the last read and the commit that settled it.
+    ledger.tally.catch_up()?;
     let dead = ledger.count(&DEAD_LETTERS)? - dead_before;
-    if missing > 0 || unfinished > 0 {
-        eprintln!("attack: {missing} users without a token, {unfinished} records never finished");
+    if missing.total() > 0 {
+        eprintln!("attack: missing at the deadline: {missing:?}");
     }
-    Ok((missing + unfinished as usize, tracker.repeats(ids), dead))
+    Ok((missing.total(), ledger.repeats(ids), dead))
 }
 
-/// Users created in the background until stopped; refusals (503 while the broker is down, or
-/// the producer gone) are counted and retried, never counted as accepted.
+/// Users created in the background until stopped; refusals (503 while the broker is down) and
+/// other failures are counted apart and retried, never counted as accepted.
 struct Load {
     stop: Arc<AtomicBool>,
     ids: Arc<Mutex<BTreeSet<String>>>,
+    /// Answers with status 503.
     refused: Arc<AtomicUsize>,
+    /// Any other failure: another status, no answer, a timeout.
+    failed: Arc<AtomicUsize>,
     slowest_refusal: Arc<Mutex<Duration>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -257,11 +308,18 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ids: Arc<Mutex<BTreeSet<String>>> = Arc::default();
         let refused = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
         let slowest_refusal = Arc::new(Mutex::new(Duration::ZERO));
         let threads = (0..creators)
             .map(|t| {
-                let (url, stop, ids, refused, slowest) =
-                    (producer_url.to_string(), stop.clone(), ids.clone(), refused.clone(), slowest_refusal.clone());
+                let (url, stop, ids, refused, failed, slowest) = (
+                    producer_url.to_string(),
+                    stop.clone(),
+                    ids.clone(),
+                    refused.clone(),
+                    failed.clone(),
+                    slowest_refusal.clone(),
+                );
                 let tag = format!("{tag}-{t}");
                 std::thread::spawn(move || {
                     let mut i = 0usize;
@@ -271,11 +329,15 @@ impl Load {
                             Ok(id) => {
                                 ids.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
                             }
-                            Err(_) => {
-                                refused.fetch_add(1, Ordering::Relaxed);
-                                let mut slowest = slowest.lock().unwrap_or_else(|e| e.into_inner());
-                                *slowest = (*slowest).max(started.elapsed());
-                                drop(slowest);
+                            Err(e) => {
+                                if matches!(e.downcast_ref::<ureq::Error>(), Some(ureq::Error::Status(503, _))) {
+                                    refused.fetch_add(1, Ordering::Relaxed);
+                                    let mut slowest = slowest.lock().unwrap_or_else(|e| e.into_inner());
+                                    *slowest = (*slowest).max(started.elapsed());
+                                } else {
+                                    failed.fetch_add(1, Ordering::Relaxed);
+                                    eprintln!("attack: creating a user failed (not a 503): {e:#}");
+                                }
                                 std::thread::sleep(Duration::from_millis(100));
                             }
                         }
@@ -287,16 +349,19 @@ impl Load {
                 })
             })
             .collect();
-        Self { stop, ids, refused, slowest_refusal, threads }
+        Self { stop, ids, refused, failed, slowest_refusal, threads }
     }
 
-    /// Stops the creators; returns the accepted ids.
-    fn finish(self) -> BTreeSet<String> {
+    /// Stops the creators; returns the accepted ids. Fails when any creation failed other than
+    /// by a 503: the producer must answer, and answer 503 when it cannot take a user.
+    fn finish(self) -> anyhow::Result<BTreeSet<String>> {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             let _ = t.join();
         }
-        self.ids.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let failed = self.failed.load(Ordering::Relaxed);
+        ensure!(failed == 0, "{failed} user creations failed other than by a 503 (see the lines above)");
+        Ok(self.ids.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 
     fn accepted(&self) -> usize {
@@ -343,7 +408,6 @@ fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> 
 /// What every attack works with.
 struct Attack<'a> {
     system: System,
-    tracker: Tracker,
     ledger: Ledger,
     rng: Rng,
     stop: &'a AtomicBool,
@@ -357,14 +421,14 @@ impl Attack<'_> {
 
     /// Settles the attack's users and reports; fails when anything was lost.
     fn finish(
-        &self,
+        &mut self,
         name: &'static str,
         faults: usize,
         ids: &BTreeSet<String>,
         dead_before: i64,
         notes: String,
     ) -> anyhow::Result<Finding> {
-        let (lost, repeats, dead_lettered) = conclude(&self.ledger, &self.tracker, ids, dead_before, self.stop)?;
+        let (lost, repeats, dead_lettered) = conclude(&mut self.ledger, ids, dead_before, self.stop)?;
         let finding = Finding { name, faults, users: ids.len(), lost, dead_lettered, repeats, notes };
         eprintln!(
             "attack: {}: {} faults, {} users, {} lost, {} dead-lettered, {} handled again; {}",
@@ -378,9 +442,16 @@ impl Attack<'_> {
         );
         ensure!(
             finding.lost == 0,
-            "{}: {} records lost (users without a token, or records never finished); logs in {}",
+            "{}: {} records lost (users without a token or an event, or records never finished); logs in {}",
             finding.name,
             finding.lost,
+            self.system.dir.display()
+        );
+        ensure!(
+            finding.dead_lettered == 0,
+            "{}: {} records dead-lettered, though every user was valid; logs in {}",
+            finding.name,
+            finding.dead_lettered,
             self.system.dir.display()
         );
         Ok(finding)
@@ -400,7 +471,7 @@ fn kill9_cycles(a: &mut Attack<'_>, cycles: usize) -> anyhow::Result<Finding> {
         a.system.wait_host_ready(a.stop)?;
     }
     std::thread::sleep(Duration::from_secs(1));
-    let ids = load.finish();
+    let ids = load.finish()?;
     a.finish(
         "kill -9 of the host at random moments",
         cycles,
@@ -436,7 +507,7 @@ fn broker_outage(a: &mut Attack<'_>, outages: usize) -> anyhow::Result<Finding> 
     std::thread::sleep(Duration::from_secs(2));
     let refused = load.refused.load(Ordering::Relaxed);
     let slowest = *load.slowest_refusal.lock().unwrap_or_else(|e| e.into_inner());
-    let ids = load.finish();
+    let ids = load.finish()?;
     ensure!(refused > 0, "the producer accepted every user while the broker was down");
     ensure!(
         slowest <= Duration::from_secs(8),
@@ -485,7 +556,7 @@ fn request_errors(a: &mut Attack<'_>, rounds: usize) -> anyhow::Result<Finding> 
     }
     std::thread::sleep(Duration::from_secs(1));
     let refused = load.refused.load(Ordering::Relaxed);
-    let ids = load.finish();
+    let ids = load.finish()?;
     a.finish(
         "request errors injected at the broker",
         injected,
@@ -538,8 +609,7 @@ fn rebalance_storm(a: &mut Attack<'_>, cycles: usize) -> anyhow::Result<Finding>
     let dead_before = a.dead_letters()?;
     let load = Load::start(&a.system.producer_url, 1, Duration::from_millis(10), "storm");
     for cycle in 0..cycles {
-        let url = a.system.start_extra_host()?;
-        a.tracker.follow(&url);
+        a.system.start_extra_host(a.stop)?;
         std::thread::sleep(a.rng.between(Duration::from_millis(1000), Duration::from_millis(5000)));
         let graceful = cycle % 2 == 0;
         a.system.stop_extra_host(graceful)?;
@@ -551,7 +621,7 @@ fn rebalance_storm(a: &mut Attack<'_>, cycles: usize) -> anyhow::Result<Finding>
         );
     }
     std::thread::sleep(Duration::from_secs(1));
-    let ids = load.finish();
+    let ids = load.finish()?;
     a.finish(
         "rebalance storm: hosts joining and leaving",
         cycles,
@@ -581,7 +651,7 @@ fn sigterm_under_load(a: &mut Attack<'_>, cycles: usize) -> anyhow::Result<Findi
         a.system.wait_host_ready(a.stop)?;
     }
     std::thread::sleep(Duration::from_secs(1));
-    let ids = load.finish();
+    let ids = load.finish()?;
     let finding = a.finish(
         "SIGTERM under heavy load",
         cycles,
@@ -622,11 +692,8 @@ pub fn run(options: Options, stop: &AtomicBool) -> anyhow::Result<Vec<Finding>> 
     );
     let launch = Launch { brokers: None, release: false, dir_name: "attack" };
     let system = System::launch(launch, stop)?;
-    let ledger = Ledger { brokers: system.brokers().to_string() };
-    let tracker = Tracker::new();
-    tracker.follow(&system.host_url);
-    std::thread::sleep(Duration::from_millis(500));
-    let mut a = Attack { system, tracker, ledger, rng: Rng(seed), stop };
+    let ledger = Ledger::new(system.brokers())?;
+    let mut a = Attack { system, ledger, rng: Rng(seed), stop };
     let (kills, outages, storms, terms) = if options.soak { (30, 5, 20, 5) } else { (4, 1, 3, 1) };
     let findings = vec![
         kill9_cycles(&mut a, kills)?,

@@ -51,41 +51,29 @@ impl Options {
     }
 }
 
-/// Child processes, stopped (SIGTERM, then SIGKILL after a grace period) when dropped.
+/// Child processes, stopped when dropped: newest first, each sent SIGTERM and waited for (SIGKILL
+/// after a grace period) before the next, so the hosts drain and commit while the producer and
+/// the broker still run.
 #[derive(Debug)]
 struct Children(Vec<(&'static str, Child)>);
 
 impl Drop for Children {
     fn drop(&mut self) {
-        for (_, child) in self.0.iter_mut().rev() {
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for (name, child) in self.0.iter_mut().rev() {
-            loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => {
-                        eprintln!("demo: {name} stopped ({status})");
-                        break;
-                    }
-                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                    _ => {
-                        eprintln!("demo: {name} did not stop in time: killing it");
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                }
+        while let Some((name, mut child)) = self.0.pop() {
+            match terminate(&mut child, Duration::from_secs(20)) {
+                Ok(status) => eprintln!("demo: {name} stopped ({status})"),
+                Err(e) => eprintln!("demo: {name}: {e:#}; killed"),
             }
         }
     }
 }
 
-fn free_port(preferred: u16) -> u16 {
-    if std::net::TcpListener::bind(("127.0.0.1", preferred)).is_ok() {
-        return preferred;
-    }
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(preferred)
+/// A free local port: `preferred` when it is free, else one the system picks.
+fn free_port(preferred: u16) -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", preferred))
+        .or_else(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .context("no free local port")?;
+    Ok(listener.local_addr()?.port())
 }
 
 fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
@@ -200,6 +188,13 @@ fn producer_command(bin: &Path, port: u16, brokers: &str) -> Command {
     command
 }
 
+/// Sends SIGKILL and reaps the process (which may have exited already).
+fn kill(child: &mut Child) -> anyhow::Result<()> {
+    let _ = child.kill();
+    child.wait().with_context(|| format!("waiting for process {} after SIGKILL", child.id()))?;
+    Ok(())
+}
+
 /// Sends SIGTERM and waits up to `within` for the exit (then SIGKILL, and an error).
 fn terminate(child: &mut Child, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().context("cannot run kill")?;
@@ -219,6 +214,10 @@ fn terminate(child: &mut Child, within: Duration) -> anyhow::Result<std::process
 
 /// The consumer group of the system's hosts.
 pub const HOST_GROUP: &str = "wasm-host-demo";
+
+/// The topic the system's hosts send every handler event to (`EVENTS_TOPIC`): the durable record
+/// of what each handler did, which the fault suite reads.
+pub const EVENTS_TOPIC: &str = "handler-events";
 
 /// How to start a [`System`].
 #[derive(Debug, Clone)]
@@ -267,11 +266,12 @@ impl System {
             }
             None => {
                 let mut args = Vec::new();
-                for topic in ["new-user-created", "issued-token"] {
-                    for name in [topic.to_string(), format!("{topic}.retry"), format!("{topic}.dlq")] {
-                        args.push("--topic".to_string());
-                        args.push(format!("{name}:8"));
-                    }
+                let handler_topics = ["new-user-created", "issued-token"]
+                    .iter()
+                    .flat_map(|t| [t.to_string(), format!("{t}.retry"), format!("{t}.dlq")]);
+                for name in handler_topics.chain([EVENTS_TOPIC.to_string()]) {
+                    args.push("--topic".to_string());
+                    args.push(format!("{name}:8"));
                 }
                 let mut broker = Command::new(bin.join("mock-broker"))
                     .args(&args)
@@ -300,8 +300,8 @@ impl System {
                 brokers
             }
         };
-        let producer_port = free_port(9001);
-        let host_port = free_port(9000);
+        let producer_port = free_port(9001)?;
+        let host_port = free_port(9000)?;
         let producer_url = format!("http://127.0.0.1:{producer_port}");
         let producer = producer_command(&bin, producer_port, &brokers)
             .stderr(log_file(&dir, "producer")?)
@@ -355,6 +355,7 @@ impl System {
             .env("HANDLERS_DIR", self.dir.join("handlers"))
             .env("PRODUCER_URL", &self.producer_url)
             .env("RETRY_TOPIC_DELAY_MS", "2000")
+            .env("EVENTS_TOPIC", EVENTS_TOPIC)
             // Neither librdkafka's mock broker nor Tansu answers a fetch early when records
             // arrive: they hold it for the full wait (librdkafka's default is 500 ms), which
             // would dominate every hop's latency here. A real Kafka broker answers at once.
@@ -363,21 +364,19 @@ impl System {
         command
     }
 
-    /// Starts one more host in the same group (a scale-out); returns its base URL.
-    pub fn start_extra_host(&mut self) -> anyhow::Result<String> {
+    /// Starts one more host in the same group (a scale-out) and waits until it is ready (joined
+    /// the group); returns its base URL.
+    pub fn start_extra_host(&mut self, stop: &AtomicBool) -> anyhow::Result<String> {
         self.host_starts += 1;
-        // A port of its own, known before it starts (PORT=0 would leave us without its address).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .context("no free port for another host")?;
-        let host = self
-            .host_command(port)
-            .stderr(log_file(&self.dir, &format!("host-{}", self.host_starts))?)
-            .spawn()
-            .context("cannot start another host")?;
+        // A port known before it starts (PORT=0 would leave us without its address).
+        let port = free_port(0)?;
+        let log = format!("host-{}", self.host_starts);
+        let host =
+            self.host_command(port).stderr(log_file(&self.dir, &log)?).spawn().context("cannot start another host")?;
         self.children.0.push(("extra-host", host));
-        Ok(format!("http://127.0.0.1:{port}"))
+        let url = format!("http://127.0.0.1:{port}");
+        wait_ready("extra host", &format!("{url}/readyz"), &self.dir.join(format!("{log}.log")), stop)?;
+        Ok(url)
     }
 
     /// Stops the newest extra host: SIGTERM when `graceful`, else SIGKILL. False when none runs.
@@ -389,8 +388,7 @@ impl System {
         if graceful {
             terminate(&mut host, Duration::from_secs(60))?;
         } else {
-            host.kill()?;
-            host.wait()?;
+            kill(&mut host)?;
         }
         Ok(true)
     }
@@ -408,9 +406,7 @@ impl System {
     pub fn kill_producer(&mut self) -> anyhow::Result<()> {
         let index = self.children.0.iter().rposition(|(name, _)| *name == "producer").context("no producer running")?;
         let (_, mut producer) = self.children.0.remove(index);
-        producer.kill()?;
-        producer.wait()?;
-        Ok(())
+        kill(&mut producer)
     }
 
     /// Starts the producer again (after [`System::kill_producer`]) and waits until it answers.
@@ -444,9 +440,7 @@ impl System {
     pub fn kill_host(&mut self) -> anyhow::Result<()> {
         let index = self.children.0.iter().rposition(|(name, _)| *name == "host").context("no host running")?;
         let (_, mut host) = self.children.0.remove(index);
-        host.kill().context("kill -9 the host")?;
-        host.wait()?;
-        Ok(())
+        kill(&mut host)
     }
 
     /// Waits for the host's `/readyz`.

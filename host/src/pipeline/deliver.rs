@@ -1,6 +1,7 @@
-//! Sending records to `<topic>.retry` and `<topic>.dlq`: an idempotent producer with `acks=all`,
-//! retried until the broker acknowledges (a record's offset is stored only after that), or until
-//! the partition is revoked or the host stops (then the source record is redelivered later).
+//! Sending records to `<topic>.retry`, `<topic>.dlq` and the events topic: an idempotent
+//! producer with `acks=all`, retried until the broker acknowledges (a record's offset is stored
+//! only after that), or until the partition is revoked or the host stops (then the source record
+//! is redelivered later).
 
 use crate::record::{Header as RecordHeader, Record};
 use common::kafka::{KafkaContext, KafkaSettings};
@@ -19,6 +20,17 @@ impl std::fmt::Debug for Deliverer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Deliverer").finish_non_exhaustive()
     }
+}
+
+/// The parts of one outgoing record besides its topic and headers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outgoing<'a> {
+    /// The key, if any.
+    pub key: Option<&'a [u8]>,
+    /// The value; `None` for a tombstone.
+    pub value: Option<&'a [u8]>,
+    /// The timestamp in milliseconds since the Unix epoch; `None` lets the producer set it.
+    pub timestamp_ms: Option<i64>,
 }
 
 /// Whether a send finished or was given up because the worker is stopping.
@@ -42,12 +54,26 @@ impl Deliverer {
         Ok(Self { producer: config.create_with_context(KafkaContext::new(settings))? })
     }
 
-    /// Sends `record`'s key and value with `headers` to `topic`, retrying with backoff until the
-    /// broker acknowledges or `stop` turns true.
+    /// Sends `record`'s key, value and timestamp with `headers` to `topic`, retrying with backoff
+    /// until the broker acknowledges or `stop` turns true.
     pub async fn send(
         &self,
         topic: &str,
         record: &Record,
+        headers: &[RecordHeader],
+        stop: &mut watch::Receiver<bool>,
+    ) -> Sent {
+        let out =
+            Outgoing { key: record.key.as_deref(), value: record.value.as_deref(), timestamp_ms: record.timestamp_ms };
+        self.send_parts(topic, out, headers, stop).await
+    }
+
+    /// Sends one record made of `out` and `headers` to `topic`, retrying with backoff until the
+    /// broker acknowledges or `stop` turns true.
+    pub async fn send_parts(
+        &self,
+        topic: &str,
+        out: Outgoing<'_>,
         headers: &[RecordHeader],
         stop: &mut watch::Receiver<bool>,
     ) -> Sent {
@@ -56,20 +82,20 @@ impl Deliverer {
             let owned = headers.iter().fold(OwnedHeaders::new_with_capacity(headers.len()), |h, header| {
                 h.insert(Header { key: &header.key, value: Some(header.value.as_slice()) })
             });
-            let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(owned);
-            if let Some(key) = &record.key {
-                out = out.key(key.as_slice());
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(owned);
+            if let Some(key) = out.key {
+                record = record.key(key);
             }
-            if let Some(value) = &record.value {
-                out = out.payload(value.as_slice());
+            if let Some(value) = out.value {
+                record = record.payload(value);
             }
-            if let Some(ts) = record.timestamp_ms {
-                out = out.timestamp(ts);
+            if let Some(ts) = out.timestamp_ms {
+                record = record.timestamp(ts);
             }
             let result = tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => return Sent::Abandoned,
-                r = self.producer.send(out, Timeout::After(Duration::from_secs(5))) => r,
+                r = self.producer.send(record, Timeout::After(Duration::from_secs(5))) => r,
             };
             match result {
                 Ok(_) => return Sent::Acknowledged,

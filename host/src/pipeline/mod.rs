@@ -1,6 +1,6 @@
 //! The consumer pipeline: Kafka records in, handler outcomes out. [`consumer`] polls Kafka and
 //! owns rebalances and partition queues; [`partition`] runs one task per assigned partition;
-//! [`deliver`] sends to the retry and dead-letter topics; [`headers`] defines their headers.
+//! [`deliver`] sends to the retry, dead-letter and events topics; [`headers`] defines their headers.
 
 pub mod consumer;
 pub mod deliver;
@@ -41,6 +41,7 @@ pub struct Shared {
     pub(crate) stored: std::sync::Mutex<std::collections::HashMap<(String, i32), Arc<std::sync::atomic::AtomicI64>>>,
     pub(crate) health: Arc<Health>,
     pub(crate) drain_timeout: Duration,
+    pub(crate) events_topic: Option<String>,
     pub(crate) runtime: tokio::runtime::Handle,
 }
 
@@ -81,6 +82,8 @@ pub struct PipelineDeps {
     pub health: Arc<Health>,
     /// Time allowed to finish records in hand at revoke and shutdown.
     pub drain_timeout: Duration,
+    /// The topic that receives every published event before its record counts as done.
+    pub events_topic: Option<String>,
 }
 
 /// A running pipeline.
@@ -108,6 +111,7 @@ impl Pipeline {
             stored: std::sync::Mutex::default(),
             health: deps.health,
             drain_timeout: deps.drain_timeout,
+            events_topic: deps.events_topic,
             runtime: tokio::runtime::Handle::current(),
         });
         let poll = consumer::PollLoop::new(shared, &deps.kafka, &deps.group_id)?;

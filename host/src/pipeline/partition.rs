@@ -1,10 +1,11 @@
 //! One task per assigned partition: takes the partition's records in offset order, runs each
 //! through the topic's handler with in-place retries, hands failures on to the retry or
-//! dead-letter topic, and stores the record's offset only once its outcome is final.
+//! dead-letter topic, sends its events to the events topic when one is configured, and stores
+//! the record's offset only once its outcome is final.
 
 use super::Shared;
 use super::consumer::HostContext;
-use super::deliver::Sent;
+use super::deliver::{Outgoing, Sent};
 use super::headers::{DeadLetter, dlq_headers, parse_retry, retry_headers};
 use crate::handlers::{ActiveHandler, HandlerCode, RETRY_SUFFIX, TopicCounters, dlq_topic, retry_topic};
 use crate::metrics::{KindLabels, OutcomeLabels, TopicLabels};
@@ -240,6 +241,12 @@ async fn handle(shared: &Shared, state: &mut PartitionState, record: Record, sto
             Outcome::Ok => {
                 tracing::debug!(record = %At(&record), attempt = record.attempt, us = invocation.duration.as_micros() as u64, "ok");
                 if !invocation.events.is_empty() {
+                    if let Some(events_topic) = &shared.events_topic
+                        && publish_durably(shared, events_topic, &record, &invocation.events, stop).await
+                            == Sent::Abandoned
+                    {
+                        return Done::Abandoned;
+                    }
                     shared.events.publish(invocation.events);
                 }
                 return Done::Final;
@@ -324,6 +331,30 @@ async fn handle(shared: &Shared, state: &mut PartitionState, record: Record, sto
             }
         }
     }
+}
+
+/// Sends a record's events to the events topic, keyed by the record's key (so one key's events
+/// keep their order), each with an `event-kind` header; returns once the broker acknowledged them
+/// all, or `Abandoned` when told to stop first (the record is then handled again, and its events
+/// sent again: the topic is at least once).
+async fn publish_durably(
+    shared: &Shared,
+    events_topic: &str,
+    record: &Record,
+    events: &[crate::record::Event],
+    stop: &watch::Receiver<bool>,
+) -> Sent {
+    let sends = events.iter().map(|event| {
+        let mut stop = stop.clone();
+        async move {
+            let value = event.to_json().to_string();
+            let headers = [crate::record::Header { key: "event-kind".into(), value: event.kind.clone().into_bytes() }];
+            let out = Outgoing { key: record.key.as_deref(), value: Some(value.as_bytes()), timestamp_ms: None };
+            shared.deliverer.send_parts(events_topic, out, &headers, &mut stop).await
+        }
+    });
+    let results = futures::future::join_all(sends).await;
+    if results.contains(&Sent::Abandoned) { Sent::Abandoned } else { Sent::Acknowledged }
 }
 
 async fn dead_letter(
