@@ -30,15 +30,24 @@ pub const KNOWN_VARIABLES: &[&str] = &[
 /// Prefix of the librdkafka pass-through variables.
 pub const PASS_THROUGH_PREFIX: &str = "KAFKA_OPT_";
 
-/// Properties the services set themselves; passing them through would break a guarantee.
+/// Properties the services set themselves, and their librdkafka aliases: passing them through
+/// would break a guarantee or bypass the validated `KAFKA_*` variables (credentials included).
 const OWNED_PROPERTIES: &[&str] = &[
     "enable.idempotence",
     "acks",
+    "request.required.acks",
     "enable.auto.commit",
+    "auto.commit.enable",
     "enable.auto.offset.store",
     "group.id",
     "bootstrap.servers",
+    "metadata.broker.list",
     "partitioner",
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.password",
 ];
 
 /// How the client talks to the brokers.
@@ -436,5 +445,19 @@ mod tests {
         let err =
             KafkaSettings::from_env(&Env::from_pairs([("KAFKA_SECURITY_PROTOCOL", "sasl_ssl")])).expect_err("no creds");
         assert!(err.to_string().contains("KAFKA_SASL_USERNAME"));
+    }
+
+    #[test]
+    fn owned_properties_cannot_be_passed_through_under_an_alias_either() {
+        for (name, property) in [
+            ("KAFKA_OPT_METADATA_BROKER_LIST", "metadata.broker.list"),
+            ("KAFKA_OPT_REQUEST_REQUIRED_ACKS", "request.required.acks"),
+            ("KAFKA_OPT_AUTO_COMMIT_ENABLE", "auto.commit.enable"),
+            ("KAFKA_OPT_SECURITY_PROTOCOL", "security.protocol"),
+            ("KAFKA_OPT_SASL_PASSWORD", "sasl.password"),
+        ] {
+            let err = KafkaSettings::from_env(&Env::from_pairs([(name, "x")])).expect_err(name);
+            assert!(err.to_string().contains(&format!("{property:?} cannot be passed through")), "{err}");
+        }
     }
 }
