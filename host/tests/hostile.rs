@@ -135,7 +135,10 @@ async fn a_handler_stuck_in_a_loop_does_not_stop_another_topic() {
     // Not a timing bound but an order: the other topic finished while the loops were still being
     // fought (three records, nine timed-out attempts each before they are dead-lettered).
     let timeouts = metric(host.addr, r#"host_records_total{topic="stuck",outcome="timeout"}"#).await;
-    assert!(timeouts < 27.0, "the flowing topic took {took:?}, until the loops were all given up ({timeouts} timeouts)");
+    assert!(
+        timeouts < 27.0,
+        "the flowing topic took {took:?}, until the loops were all given up ({timeouts} timeouts)"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while metric(host.addr, r#"host_records_total{topic="stuck",outcome="timeout"}"#).await < 3.0 {
         assert!(Instant::now() < deadline, "the loops were not stopped by the time limit");

@@ -15,11 +15,12 @@
 //! extra `user-created` or `token-verified` event of a user is one repeat.
 //! `--write-docs` puts the figures in docs/RELIABILITY.md; `--soak` runs many more cycles.
 
-use crate::demo::{EVENTS_TOPIC, HOST_GROUP, Launch, System};
+use crate::demo::{HOST_GROUP, Launch, System};
+use crate::ledger::{Tally, ledger_consumer, partitions};
 use anyhow::{Context, bail, ensure};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use std::collections::{BTreeMap, BTreeSet};
+use rdkafka::consumer::Consumer;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -112,91 +113,6 @@ impl Missing {
     fn total(&self) -> usize {
         self.tokens + self.created + self.verified + self.unfinished.max(0) as usize
     }
-}
-
-/// Reads `issued-token` and the events topic from the start, and later from where it stopped,
-/// counting records per (what, user): `what` is `issued-token` or the event's kind.
-struct Tally {
-    consumer: BaseConsumer,
-    counts: BTreeMap<(String, String), usize>,
-}
-
-impl Tally {
-    fn new(brokers: &str) -> anyhow::Result<Self> {
-        let consumer: BaseConsumer = ledger_consumer(brokers, "attack-ledger")?;
-        let mut tpl = TopicPartitionList::new();
-        for topic in ["issued-token", EVENTS_TOPIC] {
-            for p in partitions(&consumer, topic)? {
-                tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-            }
-        }
-        consumer.assign(&tpl)?;
-        Ok(Self { consumer, counts: BTreeMap::new() })
-    }
-
-    /// Reads every partition up to the end it has now.
-    fn catch_up(&mut self) -> anyhow::Result<()> {
-        let assignment = self.consumer.assignment()?;
-        let mut ends = BTreeMap::new();
-        for e in assignment.elements() {
-            let (_, high) = self.consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))?;
-            let position =
-                self.consumer.position()?.find_partition(e.topic(), e.partition()).and_then(|p| p.offset().to_raw());
-            if position.is_none_or(|at| at < high) && high > 0 {
-                ends.insert((e.topic().to_string(), e.partition()), high);
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !ends.is_empty() {
-            ensure!(Instant::now() < deadline, "could not read the ledger's topics to their ends within 60 s");
-            match self.consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => {
-                    let user = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
-                    let what = if m.topic() == EVENTS_TOPIC {
-                        let value: serde_json::Value =
-                            m.payload().and_then(|p| serde_json::from_slice(p).ok()).unwrap_or_default();
-                        value["kind"].as_str().unwrap_or("?").to_string()
-                    } else {
-                        m.topic().to_string()
-                    };
-                    *self.counts.entry((what, user)).or_default() += 1;
-                    let place = (m.topic().to_string(), m.partition());
-                    if ends.get(&place).is_some_and(|&end| m.offset() + 1 >= end) {
-                        ends.remove(&place);
-                    }
-                }
-                // Transient (the connection to a broker that was down): librdkafka reconnects, and
-                // the deadline bounds the wait.
-                Some(Err(_)) | None => {}
-            }
-        }
-        Ok(())
-    }
-
-    fn count(&self, what: &str, user: &str) -> usize {
-        self.counts.get(&(what.to_string(), user.to_string())).copied().unwrap_or(0)
-    }
-}
-
-fn ledger_consumer(brokers: &str, group: &str) -> anyhow::Result<BaseConsumer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?)
-}
-
-/// The partitions of `topic`; an error when the broker does not know it or reports an error.
-fn partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<i32>> {
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let t = metadata.topics().iter().find(|t| t.name() == topic).with_context(|| format!("no metadata for {topic}"))?;
-    if let Some(e) = t.error() {
-        bail!("metadata for {topic}: {e:?}");
-    }
-    let ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
-    ensure!(!ids.is_empty(), "{topic} has no partitions");
-    Ok(ids)
 }
 
 impl Ledger {
@@ -558,12 +474,12 @@ fn request_errors(a: &mut Attack<'_>, rounds: usize) -> anyhow::Result<Finding> 
     let refused = load.refused.load(Ordering::Relaxed);
     let ids = load.finish()?;
     a.finish(
-        "request errors injected at the broker",
+        "request errors queued at the broker",
         injected,
         &ids,
         dead_before,
         format!(
-            "per round: produce NOT_ENOUGH_REPLICAS x40 and REQUEST_TIMED_OUT x10, fetch NOT_LEADER x40 and a dropped connection x5, commit NOT_COORDINATOR x10 and REBALANCE_IN_PROGRESS x10, heartbeat REBALANCE_IN_PROGRESS x5; {refused} POSTs refused"
+            "per round, queued: produce NOT_ENOUGH_REPLICAS x40 and REQUEST_TIMED_OUT x10, fetch NOT_LEADER x40 and a dropped connection x5, commit NOT_COORDINATOR x10 and REBALANCE_IN_PROGRESS x10, heartbeat REBALANCE_IN_PROGRESS x5; each fails the next request of its kind from any client, and those still queued 3 s later are cleared (the mock cluster does not say how many were met, so faults counts errors queued); {refused} POSTs refused with 503"
         ),
     )
 }

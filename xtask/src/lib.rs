@@ -6,6 +6,7 @@ pub mod bench;
 pub mod demo;
 pub mod deploy;
 pub mod e2e;
+pub mod ledger;
 
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};

@@ -55,7 +55,7 @@ impl Deliverer {
     }
 
     /// Sends `record`'s key, value and timestamp with `headers` to `topic`, retrying with backoff
-    /// until the broker acknowledges or `stop` turns true.
+    /// until the broker acknowledges, or `stop` turns true between two attempts.
     pub async fn send(
         &self,
         topic: &str,
@@ -69,7 +69,7 @@ impl Deliverer {
     }
 
     /// Sends one record made of `out` and `headers` to `topic`, retrying with backoff until the
-    /// broker acknowledges or `stop` turns true.
+    /// broker acknowledges, or `stop` turns true between two attempts.
     pub async fn send_parts(
         &self,
         topic: &str,
@@ -92,11 +92,10 @@ impl Deliverer {
             if let Some(ts) = out.timestamp_ms {
                 record = record.timestamp(ts);
             }
-            let result = tokio::select! {
-                biased;
-                _ = stop.wait_for(|s| *s) => return Sent::Abandoned,
-                r = self.producer.send(record, Timeout::After(Duration::from_secs(5))) => r,
-            };
+            // A send in flight is seen through even when told to stop: abandoning it would leave
+            // a record the broker may well take (an event, a retry, a dead letter) with its source
+            // record unstored, so both would be sent again. The drain timeout bounds the wait.
+            let result = self.producer.send(record, Timeout::After(Duration::from_secs(5))).await;
             match result {
                 Ok(_) => return Sent::Acknowledged,
                 Err((e, _)) => {
