@@ -1,13 +1,15 @@
 //! Per-record cost of the sandbox: one `handle` call with a 1 KiB value through a `Worker`, under
 //! the `reuse` and `fresh` instance policies, next to the same logic compiled natively and called
-//! the same way (through an async call on the same runtime). Figures go to docs/BENCHMARKS.md.
+//! the same way (through an async call on the same runtime), and per record in a batch of 64
+//! (`handle-batch`, one call for all). Figures go to docs/BENCHMARKS.md.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use host::producer_api::ProducerClient;
 use host::record::{Header, Outcome, Record};
-use host::runtime::{EngineConfig, HandlerLimits, HandlerModule, InstancePolicy, WasmEngine, Worker};
+use host::runtime::{BatchInvocation, EngineConfig, HandlerLimits, HandlerModule, InstancePolicy, WasmEngine, Worker};
 use std::hint::black_box;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The trivial fixture's logic, natively. Keep identical to `test-fixtures/trivial`.
 async fn native_handle(record: &Record) -> Outcome {
@@ -69,6 +71,29 @@ fn per_record(c: &mut Criterion) {
             b.iter(|| {
                 let inv = rt.block_on(worker.invoke(black_box(&record)));
                 assert_eq!(inv.outcome, Outcome::Ok);
+            })
+        });
+    }
+    // A batch of 64 such records in one `handle-batch` call; criterion times the batch, and the
+    // figure reported is per record (the time divided by 64).
+    {
+        const BATCH: usize = 64;
+        let limits = HandlerLimits { recycle_after_records: u64::MAX, ..HandlerLimits::default() };
+        let module = HandlerModule::load_file(&engine, &path, limits).expect("load trivial");
+        let mut worker = Worker::new(module, ProducerClient::unconfigured());
+        assert!(worker.takes_batches(), "the trivial fixture targets batch-handler");
+        let batch: Vec<Record> = (0..BATCH as i64).map(|i| Record { offset: i, ..record.clone() }).collect();
+        group.bench_function("wasm_batch64_per_record", |b| {
+            b.iter_custom(|iters| {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    match rt.block_on(worker.invoke_batch(black_box(&batch), None)) {
+                        BatchInvocation::Handled(invs) => assert_eq!(invs.len(), BATCH),
+                        BatchInvocation::Failed(reason) => panic!("batch failed: {reason}"),
+                    }
+                }
+                let per_record = started.elapsed().as_nanos() / BATCH as u128;
+                Duration::from_nanos(u64::try_from(per_record).unwrap_or(u64::MAX))
             })
         });
     }

@@ -58,6 +58,11 @@ pub struct Metrics {
     pub reloads: Family<KindLabels, Counter>,
     /// Consumer lag per partition, from librdkafka's statistics.
     pub consumer_lag: Family<PartitionLabels, Gauge>,
+    /// `handle-batch` calls by topic and result (`handled`; `failed`: its records were then
+    /// handled one by one).
+    pub batches: Family<KindLabels, Counter>,
+    /// Records handed to handlers in batches, by topic.
+    pub batched_records: Family<TopicLabels, Counter>,
     /// Records being handled right now.
     pub in_flight: Gauge,
     /// Partitions assigned to this host.
@@ -81,6 +86,8 @@ impl Default for Metrics {
             dead_lettered: Family::default(),
             reloads: Family::default(),
             consumer_lag: Family::default(),
+            batches: Family::default(),
+            batched_records: Family::default(),
             in_flight: Gauge::default(),
             assigned_partitions: Gauge::default(),
             dropped: Family::default(),
@@ -99,6 +106,12 @@ impl Default for Metrics {
         );
         registry.register("reloads", "Handler loads by topic and result (ok, rejected)", m.reloads.clone());
         registry.register("consumer_lag", "Records behind the high watermark, per partition", m.consumer_lag.clone());
+        registry.register(
+            "batches",
+            "handle-batch calls by topic and result (handled; failed: its records then went one by one)",
+            m.batches.clone(),
+        );
+        registry.register("batched_records", "Records handed to handlers in batches", m.batched_records.clone());
         registry.register("in_flight", "Records being handled now", m.in_flight.clone());
         registry.register("assigned_partitions", "Partitions assigned to this host", m.assigned_partitions.clone());
         registry.register("dropped", "Log lines and events dropped at caps or by slow subscribers", m.dropped.clone());

@@ -12,14 +12,20 @@
 //! }
 //! handler_sdk::export!(MyHandler);
 //! ```
+//!
+//! The component targets the contract's `batch-handler` world: besides `handle`, it exports
+//! `handle-batch`, which this crate implements by calling [`Guest::handle`] for each record in
+//! turn (telling the host between records) and stopping at the first that does not end `ok`. A
+//! handler written with this crate gets batches for free and needs no state of its own for them.
 
 /// The generated bindings (kept in a module of their own so the export macro can be public).
 #[allow(unsafe_code, missing_docs, clippy::too_many_arguments)] // generated FFI glue
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "handler",
+        world: "batch-handler",
         pub_export_macro: true,
+        export_macro_name: "export_bindings",
         default_bindings_module: "handler_sdk::bindings",
     });
 }
@@ -27,7 +33,57 @@ pub mod bindings {
 pub use bindings::kafka_wasm::handler::producer_api::{self, CallError, Method, Request, Response};
 pub use bindings::kafka_wasm::handler::runtime::{self, Level, log, publish_event};
 pub use bindings::kafka_wasm::handler::types::Header;
-pub use bindings::{Guest, HandlerError, KafkaRecord, export};
+pub use bindings::{HandlerError, KafkaRecord};
+
+/// A record handler: what a component built with this crate implements.
+pub trait Guest {
+    /// Handles one record: `Ok(())` when it is done, `Err(retry(..))` for a transient failure,
+    /// `Err(reject(..))` for a permanent one. See the contract's `handle`.
+    fn handle(record: KafkaRecord) -> Result<(), HandlerError>;
+}
+
+/// Handles a batch with `G`: each record in turn, `next-record` between two, stopping at the
+/// first that does not end `ok` (its error is the last result) or when the host ends the batch.
+/// See the contract's `handle-batch`.
+pub fn handle_batch<G: Guest>(records: Vec<KafkaRecord>) -> Vec<Result<(), HandlerError>> {
+    let mut results = Vec::with_capacity(records.len());
+    for (i, record) in records.into_iter().enumerate() {
+        // The host may end the batch between two records (it is stopping).
+        if i > 0 && !bindings::kafka_wasm::handler::batch::next_record() {
+            break;
+        }
+        let result = G::handle(record);
+        let done = result.is_err();
+        results.push(result);
+        if done {
+            break;
+        }
+    }
+    results
+}
+
+/// Exports a [`Guest`] as the component's handler (`handle` and `handle-batch`).
+#[macro_export]
+macro_rules! export {
+    ($guest:ty) => {
+        #[doc(hidden)]
+        pub struct __HandlerSdkExport;
+
+        impl $crate::bindings::Guest for __HandlerSdkExport {
+            fn handle(record: $crate::KafkaRecord) -> ::core::result::Result<(), $crate::HandlerError> {
+                <$guest as $crate::Guest>::handle(record)
+            }
+
+            fn handle_batch(
+                records: ::std::vec::Vec<$crate::KafkaRecord>,
+            ) -> ::std::vec::Vec<::core::result::Result<(), $crate::HandlerError>> {
+                $crate::handle_batch::<$guest>(records)
+            }
+        }
+
+        $crate::bindings::export_bindings!(__HandlerSdkExport with_types_in $crate::bindings);
+    };
+}
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -1,5 +1,6 @@
 //! One task per assigned partition: takes the partition's records in offset order, runs each
-//! through the topic's handler with in-place retries, hands failures on to the retry or
+//! through the topic's handler with in-place retries (several at once, in one `handle-batch`
+//! call, when the handler takes batches and records are waiting), hands failures on to the retry or
 //! dead-letter topic, sends its events to the events topic when one is configured, and stores
 //! the record's offset only once its outcome is final.
 
@@ -9,13 +10,15 @@ use super::deliver::{Outgoing, Sent};
 use super::headers::{DeadLetter, dlq_headers, parse_retry, retry_headers};
 use crate::handlers::{ActiveHandler, HandlerCode, RETRY_SUFFIX, TopicCounters, dlq_topic, retry_topic};
 use crate::metrics::{KindLabels, OutcomeLabels, TopicLabels};
+use crate::record::Invocation;
 use crate::record::{Outcome, Record};
-use crate::runtime::Worker;
+use crate::runtime::{BatchInvocation, Worker};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::Consumer;
 use rdkafka::consumer::base_consumer::PartitionQueue;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -154,19 +157,191 @@ async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut state = PartitionState::new(&shared, &topic, partition);
+    // Records taken from the queue but not handled yet (the rest of a batch), in offset order.
+    let mut pending: VecDeque<Record> = VecDeque::new();
+    // Records to handle one by one (after a failed batch) before batching again.
+    let mut singles = 0usize;
     tracing::debug!(topic, partition, "partition worker started");
-    while let Some(record) = next_record(&queue, &ready, &mut stop).await {
+    loop {
+        let record = match pending.pop_front() {
+            Some(record) if !*stop.borrow() => record,
+            Some(_) => break,
+            None => match next_record(&queue, &ready, &mut stop).await {
+                Some(record) => record,
+                None => break,
+            },
+        };
         // A busy partition must not starve the other tasks on its thread (HTTP, other
         // partitions): a handler call often completes without ever yielding.
         tokio::task::consume_budget().await;
+        let record = if singles == 0 {
+            match gather_batch(&shared, &mut state, record, &mut pending, &queue) {
+                Next::Batch(batch) => match handle_batch(&shared, &mut state, batch, &mut stop, &mut pending).await {
+                    BatchDone::Abandoned => break,
+                    BatchDone::Handled => continue,
+                    BatchDone::Failed(n) => {
+                        singles = n;
+                        continue;
+                    }
+                },
+                Next::Alone(record) => record,
+            }
+        } else {
+            singles -= 1;
+            record
+        };
         let offset = record.offset;
-        let done = handle(&shared, &mut state, record, &mut stop).await;
-        if done == Done::Abandoned {
+        if handle(&shared, &mut state, record, &mut stop, None).await == Done::Abandoned {
             break;
         }
         state.store_offset(&shared, offset + 1);
     }
     tracing::debug!(topic, partition, "partition worker stopped");
+}
+
+/// What to handle next.
+enum Next {
+    /// One record on its own.
+    Alone(Record),
+    /// Two or more consecutive records in one batch.
+    Batch(Vec<Record>),
+}
+
+/// The batch that starts with `record`: more of the records already taken, then of those waiting
+/// in the partition's queue (never waiting for one), within the handler's batch limits. `record`
+/// goes alone when the handler does not take batches, when the records come from a retry topic
+/// (each waits for its own time), or when no other record is waiting.
+fn gather_batch(
+    shared: &Shared,
+    state: &mut PartitionState,
+    record: Record,
+    pending: &mut VecDeque<Record>,
+    queue: &PartitionQueue<HostContext>,
+) -> Next {
+    if state.from_retry_topic {
+        return Next::Alone(record);
+    }
+    let Some(worker) = wasm_worker(shared, state) else { return Next::Alone(record) };
+    if !worker.takes_batches() {
+        return Next::Alone(record);
+    }
+    let limits = worker.module().limits();
+    let (max_records, max_bytes) = (limits.max_batch_records as usize, limits.max_batch_bytes);
+    let size = |r: &Record| (r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len)) as u64;
+    let mut bytes = size(&record);
+    let mut batch = vec![record];
+    while batch.len() < max_records {
+        let next = match pending.pop_front() {
+            Some(next) => next,
+            None => match queue.poll(Duration::ZERO) {
+                Some(Ok(message)) => super::consumer::to_record(&message),
+                Some(Err(e)) => {
+                    tracing::warn!("partition queue: {e}");
+                    break;
+                }
+                None => break,
+            },
+        };
+        if bytes + size(&next) > max_bytes {
+            pending.push_front(next);
+            break;
+        }
+        bytes += size(&next);
+        batch.push(next);
+    }
+    if batch.len() == 1 {
+        return Next::Alone(batch.remove(0));
+    }
+    Next::Batch(batch)
+}
+
+/// The partition's worker, made current for the topic's handler, when that handler is wasm.
+fn wasm_worker<'a>(shared: &Shared, state: &'a mut PartitionState) -> Option<&'a mut Worker> {
+    let handler = shared.registry.get_cached(&state.handler_topic, &mut state.handler)?;
+    let HandlerCode::Wasm(module) = &handler.code else { return None };
+    Some(worker_for(shared, &mut state.worker, module))
+}
+
+/// `worker`, running `module` (swapped in, or created, when it runs something else or nothing).
+fn worker_for<'a>(
+    shared: &Shared,
+    worker: &'a mut Option<Worker>,
+    module: &crate::runtime::HandlerModule,
+) -> &'a mut Worker {
+    match worker {
+        Some(w) => {
+            if !w.module().same_load(module) {
+                w.swap(module.clone());
+            }
+            w
+        }
+        None => worker.insert(Worker::new(module.clone(), shared.producer_client.clone())),
+    }
+}
+
+/// What became of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BatchDone {
+    /// Its handled records are final (offsets stored); the rest wait in `pending`.
+    Handled,
+    /// It failed as a whole; its records wait in `pending`, this many to go one by one.
+    Failed(usize),
+    /// Told to stop.
+    Abandoned,
+}
+
+/// Runs `batch` through the handler in one call. Each handled record then goes the way a single
+/// record's first attempt goes (the same accounting, events, retries and dead letters, and its
+/// offset stored once final); the records after the last handled one, or all of them when the
+/// batch failed, go back to the front of `pending`.
+async fn handle_batch(
+    shared: &Shared,
+    state: &mut PartitionState,
+    batch: Vec<Record>,
+    stop: &mut watch::Receiver<bool>,
+    pending: &mut VecDeque<Record>,
+) -> BatchDone {
+    let Some(worker) = state.worker.as_mut() else {
+        pending.extend(batch);
+        return BatchDone::Failed(pending.len());
+    };
+    let n = batch.len();
+    shared.metrics.in_flight.inc_by(n as i64);
+    let result = worker.invoke_batch(&batch, Some(stop)).await;
+    shared.metrics.in_flight.dec_by(n as i64);
+    let label = TopicLabels { topic: state.handler_topic.to_string() };
+    shared.metrics.batched_records.get_or_create(&label).inc_by(n as u64);
+    let kind = |kind: &str| KindLabels { topic: state.handler_topic.to_string(), kind: kind.to_string() };
+    match result {
+        BatchInvocation::Failed(reason) => {
+            shared.metrics.batches.get_or_create(&kind("failed")).inc();
+            tracing::warn!(
+                record = %At(&batch[0]),
+                records = n,
+                "a batch failed ({reason}); handling its records one by one"
+            );
+            for record in batch.into_iter().rev() {
+                pending.push_front(record);
+            }
+            BatchDone::Failed(n)
+        }
+        BatchInvocation::Handled(invocations) => {
+            shared.metrics.batches.get_or_create(&kind("handled")).inc();
+            let mut records = batch.into_iter();
+            for invocation in invocations {
+                let Some(record) = records.next() else { break };
+                let offset = record.offset;
+                if handle(shared, state, record, stop, Some(invocation)).await == Done::Abandoned {
+                    return BatchDone::Abandoned;
+                }
+                state.store_offset(shared, offset + 1);
+            }
+            for record in records.rev() {
+                pending.push_front(record);
+            }
+            BatchDone::Handled
+        }
+    }
 }
 
 /// A record's coordinates in log lines: `topic/partition@offset` (the original ones for a
@@ -180,8 +355,15 @@ impl std::fmt::Display for At<'_> {
     }
 }
 
-/// Handles one record to a final outcome, or abandons it when told to stop.
-async fn handle(shared: &Shared, state: &mut PartitionState, record: Record, stop: &mut watch::Receiver<bool>) -> Done {
+/// Handles one record to a final outcome, or abandons it when told to stop. `first` is the
+/// outcome of an attempt already made (in a batch), which then counts as the first.
+async fn handle(
+    shared: &Shared,
+    state: &mut PartitionState,
+    record: Record,
+    stop: &mut watch::Receiver<bool>,
+    mut first: Option<Invocation>,
+) -> Done {
     let handler_topic = Arc::clone(&state.handler_topic);
     let handler_topic = &*handler_topic;
     let (mut record, hops) = if state.from_retry_topic {
@@ -211,22 +393,18 @@ async fn handle(shared: &Shared, state: &mut PartitionState, record: Record, sto
             tracing::info!(record = %At(&record), "no handler for {handler_topic} any more; leaving the record for redelivery");
             return Done::Abandoned;
         };
-        shared.metrics.in_flight.inc();
-        let invocation = match &handler.code {
-            HandlerCode::Wasm(module) => {
-                let w = match &mut state.worker {
-                    Some(w) if w.module().same_load(module) => w,
-                    Some(w) => {
-                        w.swap(module.clone());
-                        w
-                    }
-                    None => state.worker.insert(Worker::new(module.clone(), shared.producer_client.clone())),
+        let invocation = match first.take() {
+            Some(invocation) => invocation,
+            None => {
+                shared.metrics.in_flight.inc();
+                let invocation = match &handler.code {
+                    HandlerCode::Wasm(module) => worker_for(shared, &mut state.worker, module).invoke(&record).await,
+                    HandlerCode::Native(native) => native.invoke(&record),
                 };
-                w.invoke(&record).await
+                shared.metrics.in_flight.dec();
+                invocation
             }
-            HandlerCode::Native(native) => native.invoke(&record),
         };
-        shared.metrics.in_flight.dec();
 
         let outcome = invocation.outcome;
         state.outcomes[outcome.index()].inc();

@@ -23,8 +23,9 @@ pub enum InstancePolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HandlerLimits {
-    /// Wall-clock limit for one `handle` call, producer calls included (enforced by epoch deadline
-    /// while the guest runs and by a timer while it waits on the host).
+    /// Wall-clock limit for one record, producer calls included (enforced by epoch deadline while
+    /// the guest runs and by capping host calls to the time left). In a batch it restarts with
+    /// each record.
     pub call_timeout_ms: u64,
     /// Cap on the guest's linear memory, in bytes.
     pub max_memory_bytes: u64,
@@ -48,6 +49,11 @@ pub struct HandlerLimits {
     pub instance_policy: InstancePolicy,
     /// With `reuse`, records handled by one instance before it is replaced.
     pub recycle_after_records: u64,
+    /// Most records handed to a `batch-handler` component in one `handle-batch` call, when that
+    /// many are waiting on the partition (1: never batch). Only under `reuse`.
+    pub max_batch_records: u32,
+    /// Most bytes of keys and values in one batch (a record over it goes alone).
+    pub max_batch_bytes: u64,
 }
 
 impl Default for HandlerLimits {
@@ -65,6 +71,8 @@ impl Default for HandlerLimits {
             max_log_line_bytes: 4 * 1024,
             instance_policy: InstancePolicy::Reuse,
             recycle_after_records: 10_000,
+            max_batch_records: 64,
+            max_batch_bytes: 1024 * 1024,
         }
     }
 }
@@ -139,6 +147,13 @@ impl HandlerLimits {
             "1..=1 MiB",
         )?;
         check("recycle_after_records", l.recycle_after_records, l.recycle_after_records >= 1, ">= 1")?;
+        check(
+            "max_batch_records",
+            l.max_batch_records.into(),
+            (1..=10_000).contains(&l.max_batch_records),
+            "1..=10000",
+        )?;
+        check("max_batch_bytes", l.max_batch_bytes, (1..=64 * 1024 * 1024).contains(&l.max_batch_bytes), "1..=64 MiB")?;
         Ok(())
     }
 

@@ -11,4 +11,4 @@ pub mod worker;
 pub use config::{EngineConfig, HandlerLimits, InstancePolicy, InvalidLimit};
 pub use engine::{EngineError, WasmEngine};
 pub use module::{HandlerModule, LoadError};
-pub use worker::Worker;
+pub use worker::{BatchInvocation, Worker};

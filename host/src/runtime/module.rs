@@ -1,11 +1,11 @@
-//! A loaded handler: a component compiled once, checked against the `handler` world and
-//! pre-instantiated, with its digest and limits. Cheap to clone and share between partition
+//! A loaded handler: a component compiled once, checked against the `batch-handler` or the
+//! `handler` world and pre-instantiated, with its digest and limits. Cheap to clone and share between partition
 //! workers; a swap replaces the whole value, never part of it.
 
 use super::config::{HandlerLimits, InvalidLimit};
 use super::engine::WasmEngine;
 use super::state::HostState;
-use crate::bindings::HandlerPre;
+use crate::bindings::{BatchHandlerPre, HandlerPre};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Arc;
@@ -37,11 +37,19 @@ pub enum LoadError {
     #[error("invalid component: {0}")]
     Invalid(String),
     /// A valid component that does not fit the `kafka-wasm:handler/handler` world.
-    #[error("the component does not implement the kafka-wasm:handler@0.1.0 `handler` world: {0}")]
+    #[error("the component does not implement the kafka-wasm:handler@0.1.x `handler` world: {0}")]
     WrongWorld(String),
     /// The handler's limits are out of range.
     #[error("invalid handler limits: {0}")]
     Limits(#[from] InvalidLimit),
+}
+
+/// The pre-instantiated component, by the world it targets.
+pub(crate) enum Pre {
+    /// `handler`: one record per call.
+    Single(HandlerPre<HostState>),
+    /// `batch-handler`: also `handle-batch`.
+    Batch(BatchHandlerPre<HostState>),
 }
 
 /// A compiled, checked, pre-instantiated handler with the limits it runs under.
@@ -54,7 +62,7 @@ pub struct HandlerModule {
 /// The compiled part, shared by every set of limits applied to it.
 struct Inner {
     engine: Arc<WasmEngine>,
-    pre: HandlerPre<HostState>,
+    pre: Pre,
     digest: String,
     size: u64,
 }
@@ -64,6 +72,7 @@ impl std::fmt::Debug for HandlerModule {
         f.debug_struct("HandlerModule")
             .field("digest", &self.inner.digest)
             .field("size", &self.inner.size)
+            .field("batches", &self.supports_batches())
             .field("limits", &self.limits)
             .finish()
     }
@@ -105,7 +114,12 @@ impl HandlerModule {
         let component = Component::new(engine.engine(), bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         let instance_pre =
             engine.linker().instantiate_pre(&component).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        let pre = HandlerPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        // A component that exports `handle-batch` targets `batch-handler`; any other must at
+        // least target `handler`.
+        let pre = match BatchHandlerPre::new(instance_pre.clone()) {
+            Ok(pre) => Pre::Batch(pre),
+            Err(_) => Pre::Single(HandlerPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?),
+        };
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
         Ok(Self { inner: Arc::new(Inner { engine: engine.clone(), pre, digest, size }), limits: Arc::new(limits) })
     }
@@ -135,8 +149,13 @@ impl HandlerModule {
         &self.inner.engine
     }
 
-    pub(crate) fn pre(&self) -> &HandlerPre<HostState> {
+    pub(crate) fn pre(&self) -> &Pre {
         &self.inner.pre
+    }
+
+    /// Whether the component targets `batch-handler` (exports `handle-batch`).
+    pub fn supports_batches(&self) -> bool {
+        matches!(self.inner.pre, Pre::Batch(_))
     }
 
     /// Whether two values are the same load under the same limits (not merely the same bytes).

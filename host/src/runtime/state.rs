@@ -2,9 +2,11 @@
 //!
 //! One [`HostState`] per instance: the WASI context (empty: no files, environment or sockets), the
 //! memory cap, the instance's limits, the producer client, and the per-record [`CallContext`] that
-//! collects the calls, events and log counts of the record being handled.
+//! collects the calls, events and log counts of the record being handled (and, in a batch, of the
+//! records before it, as [`RecordTrace`]s).
 
 use super::config::HandlerLimits;
+use crate::bindings::batch;
 use crate::bindings::host_runtime::{self, Level};
 use crate::bindings::producer_api::{self, CallError as WitCallError};
 use crate::producer_api::{CallBounds, CallError, Method, ProducerClient, Request};
@@ -35,6 +37,29 @@ pub struct CallContext {
     /// A producer call was cut short by that limit: the call's outcome is `timeout`, whatever
     /// the guest answers afterwards.
     pub deadline_hit: bool,
+    /// In a batch, the offsets of its records (empty for a single record).
+    pub offsets: Vec<i64>,
+    /// In a batch, the index of the current record.
+    pub index: usize,
+    /// In a batch, what each record before the current one collected.
+    pub finished: Vec<RecordTrace>,
+    /// When the current record started.
+    pub record_started: Option<std::time::Instant>,
+    /// In a batch, set when the host wants it to end at the next record boundary.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+/// What one record of a batch collected, once the guest moved on to the next.
+#[derive(Debug, Default)]
+pub struct RecordTrace {
+    /// Producer calls made for it.
+    pub calls: Vec<CallSummary>,
+    /// Events published for it.
+    pub events: Vec<Event>,
+    /// Log lines and events dropped at a cap.
+    pub dropped: u32,
+    /// Time the guest spent on it.
+    pub duration: std::time::Duration,
 }
 
 /// Enforces the linear-memory cap and remembers that it was hit, so a failed `memory.grow` can be
@@ -96,6 +121,11 @@ impl HostState {
 
     /// Starts a new record: clears what the previous one collected.
     pub fn begin(&mut self, topic: &str, partition: i32, offset: i64, deadline: std::time::Instant) {
+        self.ctx.stop = None;
+        self.ctx.offsets.clear();
+        self.ctx.index = 0;
+        self.ctx.finished.clear();
+        self.ctx.record_started = Some(std::time::Instant::now());
         self.ctx.deadline = Some(deadline);
         self.ctx.deadline_hit = false;
         self.ctx.topic.clear();
@@ -107,6 +137,59 @@ impl HostState {
         self.ctx.log_lines = 0;
         self.ctx.dropped = 0;
         self.memory.exceeded = false;
+    }
+
+    /// Starts a batch of `offsets` (consecutive records of `topic`/`partition`) at its first
+    /// record; `next-record` moves on, unless `stop` has turned true.
+    pub fn begin_batch(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offsets: impl IntoIterator<Item = i64>,
+        stop: Option<tokio::sync::watch::Receiver<bool>>,
+    ) {
+        let now = std::time::Instant::now();
+        self.begin(topic, partition, 0, now + self.limits.call_timeout());
+        self.ctx.stop = stop;
+        self.ctx.offsets.extend(offsets);
+        self.ctx.offset = self.ctx.offsets.first().copied().unwrap_or_default();
+    }
+
+    /// Ends the current record at `now`: what it collected, and resets the per-record counts.
+    pub fn take_trace(&mut self, now: std::time::Instant) -> RecordTrace {
+        self.ctx.log_lines = 0;
+        RecordTrace {
+            calls: std::mem::take(&mut self.ctx.calls),
+            events: std::mem::take(&mut self.ctx.events),
+            dropped: std::mem::take(&mut self.ctx.dropped),
+            duration: self.ctx.record_started.map_or_else(Default::default, |s| now - s),
+        }
+    }
+}
+
+impl batch::Host for HostState {
+    fn next_record(&mut self) -> wasmtime::Result<bool> {
+        let next = self.ctx.index + 1;
+        let Some(&offset) = self.ctx.offsets.get(next) else {
+            wasmtime::bail!("next-record was called after the batch's last record");
+        };
+        if self.ctx.deadline_hit {
+            // The record's outcome is `timeout`, which ends the batch: the guest may not go on.
+            wasmtime::bail!("a producer call of the record at offset {} reached the time limit", self.ctx.offset);
+        }
+        if self.ctx.stop.as_ref().is_some_and(|stop| *stop.borrow()) {
+            // The batch ends with the current record; the rest are delivered again.
+            return Ok(false);
+        }
+        // One clock read ends this record and starts the next.
+        let now = std::time::Instant::now();
+        let trace = self.take_trace(now);
+        self.ctx.finished.push(trace);
+        self.ctx.index = next;
+        self.ctx.offset = offset;
+        self.ctx.record_started = Some(now);
+        self.ctx.deadline = Some(now + self.limits.call_timeout());
+        Ok(true)
     }
 }
 

@@ -5,21 +5,42 @@
 //! fault, after `recycle_after_records` records, or when the handler is swapped; under `fresh` it
 //! instantiates for every record. Every path returns an [`Invocation`]: nothing a guest does can
 //! make `invoke` fail or panic.
+//!
+//! A `batch-handler` component under `reuse` can also take several records in one call
+//! ([`Worker::invoke_batch`]): one entry into the sandbox for many records, with each record's
+//! outcome, calls, events and time limit still its own.
 
 use super::config::{HandlerLimits, InstancePolicy};
-use super::module::HandlerModule;
-use super::state::HostState;
-use crate::bindings::Handler;
+use super::module::{HandlerModule, Pre};
+use super::state::{HostState, RecordTrace};
 use crate::bindings::types::HandlerError;
+use crate::bindings::{BatchHandler, Handler};
 use crate::producer_api::ProducerClient;
 use crate::record::{Invocation, Outcome, Record};
 use std::time::Instant;
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
+
+/// An instance's exports, by the world its component targets.
+enum Exports {
+    Single(Handler),
+    Batch(BatchHandler),
+}
 
 struct Live {
     store: Store<HostState>,
-    bindings: Handler,
+    exports: Exports,
     handled: u64,
+}
+
+/// What a batch came to.
+#[derive(Debug)]
+pub enum BatchInvocation {
+    /// One invocation per record handled, in order; every one but the last is `ok`. The records
+    /// after the last were not handled.
+    Handled(Vec<Invocation>),
+    /// The batch ended in a trap, a limit or a broken contract: nothing it did counts, and its
+    /// records are to be handled one by one. Says why.
+    Failed(String),
 }
 
 /// One partition's handler runner.
@@ -91,7 +112,11 @@ impl Worker {
         // is armed per call.
         live.store.data_mut().begin(&record.topic, record.partition, record.offset, started + deadline);
         live.store.set_epoch_deadline(ticks);
-        let outcome = match live.bindings.call_handle(&mut live.store, record).await {
+        let called = match &live.exports {
+            Exports::Single(e) => e.call_handle(&mut live.store, record).await,
+            Exports::Batch(e) => e.call_handle(&mut live.store, record).await,
+        };
+        let outcome = match called {
             _ if live.store.data().ctx.deadline_hit => {
                 Outcome::Timeout(format!("a producer call reached the {} ms time limit", limits.call_timeout_ms))
             }
@@ -115,16 +140,135 @@ impl Worker {
         Invocation { outcome, events, calls, dropped, duration: started.elapsed() }
     }
 
+    /// Whether [`Worker::invoke_batch`] can take batches: a `batch-handler` component under
+    /// `reuse`, allowed more than one record per batch.
+    pub fn takes_batches(&self) -> bool {
+        let limits = self.module.limits();
+        self.module.supports_batches()
+            && limits.instance_policy == InstancePolicy::Reuse
+            && limits.max_batch_records > 1
+    }
+
+    /// Runs `records` (consecutive records of one partition, in offset order) through the
+    /// handler's `handle-batch` in one call. Each record has its own time limit, call and event
+    /// caps and idempotency keys, as with [`Worker::invoke`]. When `stop` turns true, the batch
+    /// ends at the next record boundary (the records handled so far are reported). Only for a
+    /// worker that [`takes_batches`](Worker::takes_batches); otherwise the batch is reported failed.
+    pub async fn invoke_batch(
+        &mut self,
+        records: &[Record],
+        stop: Option<&tokio::sync::watch::Receiver<bool>>,
+    ) -> BatchInvocation {
+        let Some(first) = records.first() else { return BatchInvocation::Handled(Vec::new()) };
+        if !self.takes_batches() {
+            return BatchInvocation::Failed("the handler does not take batches".into());
+        }
+        let limits = self.module.limits().clone();
+        let ticks = self.module.engine().ticks_for(limits.call_timeout());
+        let live = match self.live.take() {
+            Some(live) => Ok(live),
+            None => self.instantiate(ticks).await,
+        };
+        let mut live = match live {
+            Ok(live) => live,
+            Err(outcome) => {
+                return BatchInvocation::Failed(format!(
+                    "{}: {}",
+                    outcome.label(),
+                    outcome.reason().unwrap_or_default()
+                ));
+            }
+        };
+        let Exports::Batch(exports) = &live.exports else {
+            return BatchInvocation::Failed("the instance does not export handle-batch".into());
+        };
+        live.store.data_mut().begin_batch(
+            &first.topic,
+            first.partition,
+            records.iter().map(|r| r.offset),
+            stop.cloned(),
+        );
+        live.store.set_epoch_deadline(ticks);
+        let called = exports.call_handle_batch(&mut live.store, records).await;
+
+        let state = live.store.data_mut();
+        let deadline_hit = state.ctx.deadline_hit;
+        let last = state.take_trace(Instant::now());
+        let mut traces = std::mem::take(&mut state.ctx.finished);
+        traces.push(last);
+        let begun = traces.len();
+        let results = match called {
+            Ok(results) => results,
+            // A trap, the time limit or the memory cap, while on record number `begun`.
+            Err(error) => {
+                let outcome = classify(&error, live.store.data().memory.exceeded, &limits);
+                return BatchInvocation::Failed(format!(
+                    "record {begun} of {}: {}: {}",
+                    records.len(),
+                    outcome.label(),
+                    outcome.reason().unwrap_or_default()
+                ));
+            }
+        };
+        let broken = results.len() != begun || results.iter().rev().skip(1).any(Result::is_err);
+        if broken {
+            // The instance is not trusted with another batch (nor another record).
+            return BatchInvocation::Failed(format!(
+                "broken batch contract: {} results for {begun} records begun (of {}), errors only last",
+                results.len(),
+                records.len()
+            ));
+        }
+        let invocations: Vec<Invocation> = results
+            .into_iter()
+            .zip(traces)
+            .enumerate()
+            .map(|(i, (result, trace))| {
+                let outcome = match result {
+                    _ if deadline_hit && i + 1 == begun => Outcome::Timeout(format!(
+                        "a producer call reached the {} ms time limit",
+                        limits.call_timeout_ms
+                    )),
+                    Ok(()) => Outcome::Ok,
+                    Err(HandlerError::Retry(reason)) => Outcome::Retry(reason),
+                    Err(HandlerError::Reject(reason)) => Outcome::Reject(reason),
+                };
+                let RecordTrace { calls, events, dropped, duration } = trace;
+                Invocation { outcome, events, calls, dropped, duration }
+            })
+            .collect();
+        live.handled += invocations.len() as u64;
+        if live.handled < limits.recycle_after_records {
+            self.live = Some(live);
+        }
+        BatchInvocation::Handled(invocations)
+    }
+
     async fn instantiate(&mut self, ticks: u64) -> Result<Live, Outcome> {
         let module = &self.module;
         let state = HostState::new(module.limits().clone(), self.producer.clone());
         let mut store = Store::new(module.engine().engine(), state);
         store.limiter(|s| &mut s.memory);
         store.set_epoch_deadline(ticks);
+        // The epoch deadline is a coarse alarm: when it goes off, the record's own deadline
+        // decides (in a batch it restarts with each record), so the guest runs on until then.
+        let engine = module.engine().clone();
+        store.epoch_deadline_callback(move |store| {
+            let now = Instant::now();
+            match store.data().ctx.deadline {
+                Some(deadline) if deadline > now => Ok(UpdateDeadline::Continue(engine.ticks_for(deadline - now))),
+                _ => Err(Trap::Interrupt.into()),
+            }
+        });
         self.instantiations += 1;
         let limits = module.limits();
-        let instantiated =
-            tokio::time::timeout(limits.call_timeout(), module.pre().instantiate_async(&mut store)).await;
+        let instantiating = async {
+            match module.pre() {
+                Pre::Single(pre) => pre.instantiate_async(&mut store).await.map(Exports::Single),
+                Pre::Batch(pre) => pre.instantiate_async(&mut store).await.map(Exports::Batch),
+            }
+        };
+        let instantiated = tokio::time::timeout(limits.call_timeout(), instantiating).await;
         match instantiated {
             Err(_) => {
                 Err(Outcome::Timeout(format!("instantiation did not finish within {} ms", limits.call_timeout_ms)))
@@ -133,7 +277,7 @@ impl Worker {
                 Outcome::Trap(reason) => Outcome::Trap(format!("instantiation failed: {reason}")),
                 other => other,
             }),
-            Ok(Ok(bindings)) => Ok(Live { store, bindings, handled: 0 }),
+            Ok(Ok(exports)) => Ok(Live { store, exports, handled: 0 }),
         }
     }
 }
