@@ -161,8 +161,9 @@ fn run_check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     let module = check::load(&engine, file, HandlerLimits::default())
         .with_context(|| format!("{} is not a valid handler", file.display()))?;
     println!(
-        "ok: {} implements kafka-wasm:handler@0.1.0 ({}, {} bytes)",
+        "ok: {} implements kafka-wasm:handler@0.1.x, world {} ({}, {} bytes)",
         file.display(),
+        if module.supports_batches() { "batch-handler" } else { "handler" },
         module.digest(),
         module.size()
     );

@@ -61,7 +61,7 @@ pub struct Metrics {
     /// `handle-batch` calls by topic and result (`handled`; `failed`: its records were then
     /// handled one by one).
     pub batches: Family<KindLabels, Counter>,
-    /// Records handed to handlers in batches, by topic.
+    /// Records handled in batches (that came back with a result), by topic.
     pub batched_records: Family<TopicLabels, Counter>,
     /// Records being handled right now.
     pub in_flight: Gauge,
@@ -111,7 +111,7 @@ impl Default for Metrics {
             "handle-batch calls by topic and result (handled; failed: its records then went one by one)",
             m.batches.clone(),
         );
-        registry.register("batched_records", "Records handed to handlers in batches", m.batched_records.clone());
+        registry.register("batched_records", "Records handled in batches", m.batched_records.clone());
         registry.register("in_flight", "Records being handled now", m.in_flight.clone());
         registry.register("assigned_partitions", "Partitions assigned to this host", m.assigned_partitions.clone());
         registry.register("dropped", "Log lines and events dropped at caps or by slow subscribers", m.dropped.clone());

@@ -22,13 +22,14 @@ fn handlers_dir(settings: Option<&str>) -> tempfile::TempDir {
     dir
 }
 
-/// The events on the events topic, as (source offset, count), for partition `partition` of
-/// `orders`, in the order they were sent.
+/// The source offsets of the events on the events topic, in the order they were sent, and how
+/// many each offset has. Reads until one more than `expect` arrived or 5 s passed, so an extra
+/// event shows.
 fn events_by_offset(
     mock: &rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     expect: usize,
 ) -> (Vec<i64>, BTreeMap<i64, usize>) {
-    let mut read = read_topic(mock, EVENTS, expect, Duration::from_secs(30));
+    let mut read = read_topic(mock, EVENTS, expect + 1, Duration::from_secs(5));
     read.sort_by_key(|r| (r.partition, r.offset));
     let offsets: Vec<i64> = read
         .iter()
@@ -145,9 +146,10 @@ async fn a_batch_that_traps_is_redone_record_by_record_and_counts_each_record_on
 async fn the_time_limit_restarts_with_each_record_of_a_batch() {
     let mock = cluster(&["orders"]);
     let p = producer(&mock);
-    // Five records of 150 ms each waiting: 750 ms in one batch, each well within a 400 ms limit.
+    // Five records of 250 ms each waiting, under a 400 ms limit: any batch of two or more would
+    // run past the limit unless it restarts with each record.
     for _ in 0..5 {
-        produce(&p, "orders", 2, "sleep", "150", &[]).await;
+        produce(&p, "orders", 2, "sleep", "250", &[]).await;
     }
     let dir = handlers_dir(Some("[limits]\ncall_timeout_ms = 400\n[retry]\nin_place_attempts = 1\nmax_attempts = 1\n"));
     let group = uuid_like();
@@ -161,21 +163,58 @@ async fn the_time_limit_restarts_with_each_record_of_a_batch() {
     );
     assert_eq!(metric(host.addr, failed).await, 0.0, "no batch ran into the limit: it restarts per record");
 
-    // A record over the limit in a batch still times out: with the host stopped, four 150 ms
-    // records and a 700 ms one wait, and go in a batch when it starts again (the first may be
-    // taken alone, before the rest of its fetch is queued).
+    // A record over the limit in a batch still times out: with the host stopped, a 700 ms record
+    // waits between 150 ms ones, and they go in a batch when it starts again.
     host.shutdown().await;
-    for _ in 0..4 {
-        produce(&p, "orders", 2, "sleep", "150", &[]).await;
+    for ms in ["150", "150", "700", "150", "150"] {
+        produce(&p, "orders", 2, "sleep", ms, &[]).await;
     }
-    produce(&p, "orders", 2, "sleep", "700", &[]).await;
     let host = start_host(host_env(&mock, dir.path(), &group, &[])).await;
     wait_committed(&mock, &group, 2, 10).await;
     assert_eq!(metric(host.addr, failed).await, 1.0, "the batch with the 700 ms record hit the limit");
     assert_eq!(metric(host.addr, r#"host_records_total{topic="orders",outcome="ok"}"#).await, 4.0);
     assert_eq!(metric(host.addr, r#"host_records_total{topic="orders",outcome="timeout"}"#).await, 1.0);
     let dlq = read_topic(&mock, "orders.dlq", 1, Duration::from_secs(10));
-    assert_eq!((dlq.len(), dlq[0].header("x-dlq-offset")), (1, Some("9")), "only the 700 ms record timed out");
+    assert_eq!((dlq.len(), dlq[0].header("x-dlq-offset")), (1, Some("7")), "only the 700 ms record timed out");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_stopping_mid_batch_ends_it_at_a_record_boundary_and_commits_what_was_handled() {
+    let mock = cluster(&["orders"]);
+    let p = producer(&mock);
+    // Ten records of 200 ms waiting: one batch of 2 s, stopped well before its end.
+    const N: i64 = 10;
+    for _ in 0..N {
+        produce(&p, "orders", 0, "sleep", "200", &[]).await;
+    }
+    let dir = handlers_dir(None);
+    let group = uuid_like();
+    let ok = r#"host_records_total{topic="orders",outcome="ok"}"#;
+    let host = start_host(host_env(&mock, dir.path(), &group, &[])).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric(host.addr, r#"host_batches_total{topic="orders",kind="handled"}"#).await < 1.0
+        && metric(host.addr, ok).await < 1.0
+    {
+        assert!(std::time::Instant::now() < deadline, "nothing was handled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // What was handled just before the stop must be committed by it; the batch must end at the
+    // record in hand, not run on to its end (2 s).
+    let handled_first = metric(host.addr, ok).await;
+    host.shutdown().await;
+    let committed_first = committed(&mock, &group, "orders")[0];
+    assert!(committed_first < N, "the stop cut the batch short (committed {committed_first} of {N})");
+    assert!(
+        committed_first as f64 >= handled_first,
+        "every record handled before the stop is committed ({handled_first} handled, {committed_first} committed)"
+    );
+
+    let host = start_host(host_env(&mock, dir.path(), &group, &[])).await;
+    wait_committed(&mock, &group, 0, N).await;
+    let handled_second = metric(host.addr, ok).await;
+    assert_eq!(handled_second, (N - committed_first) as f64, "the second host handled what the first did not commit");
     host.shutdown().await;
 }
 

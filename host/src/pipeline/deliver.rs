@@ -94,7 +94,8 @@ impl Deliverer {
             }
             // A send in flight is seen through even when told to stop: abandoning it would leave
             // a record the broker may well take (an event, a retry, a dead letter) with its source
-            // record unstored, so both would be sent again. The drain timeout bounds the wait.
+            // record unstored, so both would be sent again. librdkafka's message timeout bounds
+            // the send; at shutdown or revoke, the drain timeout aborts the task sooner.
             let result = self.producer.send(record, Timeout::After(Duration::from_secs(5))).await;
             match result {
                 Ok(_) => return Sent::Acknowledged,

@@ -226,8 +226,13 @@ fn gather_batch(
         return Next::Alone(record);
     }
     let limits = worker.module().limits();
-    let (max_records, max_bytes) = (limits.max_batch_records as usize, limits.max_batch_bytes);
-    let size = |r: &Record| (r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len)) as u64;
+    // A batch is copied into the guest whole: keep it well inside the guest's memory cap.
+    let max_bytes = limits.max_batch_bytes.min(limits.max_memory_bytes / 4);
+    let max_records = limits.max_batch_records as usize;
+    let size = |r: &Record| {
+        let headers: usize = r.headers.iter().map(|h| h.key.len() + h.value.len()).sum();
+        (r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len) + headers) as u64
+    };
     let mut bytes = size(&record);
     let mut batch = vec![record];
     while batch.len() < max_records {
@@ -302,15 +307,16 @@ async fn handle_batch(
     pending: &mut VecDeque<Record>,
 ) -> BatchDone {
     let Some(worker) = state.worker.as_mut() else {
-        pending.extend(batch);
-        return BatchDone::Failed(pending.len());
+        let n = batch.len();
+        for record in batch.into_iter().rev() {
+            pending.push_front(record);
+        }
+        return BatchDone::Failed(n);
     };
     let n = batch.len();
     shared.metrics.in_flight.inc_by(n as i64);
     let result = worker.invoke_batch(&batch, Some(stop)).await;
     shared.metrics.in_flight.dec_by(n as i64);
-    let label = TopicLabels { topic: state.handler_topic.to_string() };
-    shared.metrics.batched_records.get_or_create(&label).inc_by(n as u64);
     let kind = |kind: &str| KindLabels { topic: state.handler_topic.to_string(), kind: kind.to_string() };
     match result {
         BatchInvocation::Failed(reason) => {
@@ -327,14 +333,25 @@ async fn handle_batch(
         }
         BatchInvocation::Handled(invocations) => {
             shared.metrics.batches.get_or_create(&kind("handled")).inc();
+            let label = TopicLabels { topic: state.handler_topic.to_string() };
+            shared.metrics.batched_records.get_or_create(&label).inc_by(invocations.len() as u64);
             let mut records = batch.into_iter();
+            // The offset is stored once for the batch, after its last final record (or before
+            // giving up on the one after it): the same guarantee as per record, one store.
+            let mut next = None;
             for invocation in invocations {
                 let Some(record) = records.next() else { break };
                 let offset = record.offset;
                 if handle(shared, state, record, stop, Some(invocation)).await == Done::Abandoned {
+                    if let Some(next) = next {
+                        state.store_offset(shared, next);
+                    }
                     return BatchDone::Abandoned;
                 }
-                state.store_offset(shared, offset + 1);
+                next = Some(offset + 1);
+            }
+            if let Some(next) = next {
+                state.store_offset(shared, next);
             }
             for record in records.rev() {
                 pending.push_front(record);

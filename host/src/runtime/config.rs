@@ -52,7 +52,8 @@ pub struct HandlerLimits {
     /// Most records handed to a `batch-handler` component in one `handle-batch` call, when that
     /// many are waiting on the partition (1: never batch). Only under `reuse`.
     pub max_batch_records: u32,
-    /// Most bytes of keys and values in one batch (a record over it goes alone).
+    /// Most bytes of keys, values and headers in one batch, and never more than a quarter of
+    /// `max_memory_bytes` (a record over it goes alone).
     pub max_batch_bytes: u64,
 }
 

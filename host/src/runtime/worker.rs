@@ -43,12 +43,18 @@ pub enum BatchInvocation {
     Failed(String),
 }
 
+/// Epoch ticks a guest runs before it yields its thread to other tasks (and the record's own
+/// deadline is checked): with the default 5 ms tick, every 10 ms.
+const SLICE_TICKS: u64 = 2;
+
 /// One partition's handler runner.
 pub struct Worker {
     module: HandlerModule,
     producer: ProducerClient,
     live: Option<Live>,
     instantiations: u64,
+    /// The module broke the batch contract: records go one by one until it is swapped.
+    batches_off: bool,
 }
 
 impl std::fmt::Debug for Worker {
@@ -64,7 +70,7 @@ impl std::fmt::Debug for Worker {
 impl Worker {
     /// A worker for `module`, calling the producer through `producer`.
     pub fn new(module: HandlerModule, producer: ProducerClient) -> Self {
-        Self { module, producer, live: None, instantiations: 0 }
+        Self { module, producer, live: None, instantiations: 0, batches_off: false }
     }
 
     /// The handler this worker runs.
@@ -76,6 +82,7 @@ impl Worker {
     pub fn swap(&mut self, module: HandlerModule) {
         self.module = module;
         self.live = None;
+        self.batches_off = false;
     }
 
     /// Instances created so far (for tests and metrics).
@@ -111,7 +118,7 @@ impl Worker {
         // the time left (so a call blocked on the producer ends at the deadline too). No timer
         // is armed per call.
         live.store.data_mut().begin(&record.topic, record.partition, record.offset, started + deadline);
-        live.store.set_epoch_deadline(ticks);
+        live.store.set_epoch_deadline(ticks.min(SLICE_TICKS));
         let called = match &live.exports {
             Exports::Single(e) => e.call_handle(&mut live.store, record).await,
             Exports::Batch(e) => e.call_handle(&mut live.store, record).await,
@@ -145,6 +152,7 @@ impl Worker {
     pub fn takes_batches(&self) -> bool {
         let limits = self.module.limits();
         self.module.supports_batches()
+            && !self.batches_off
             && limits.instance_policy == InstancePolicy::Reuse
             && limits.max_batch_records > 1
     }
@@ -188,7 +196,7 @@ impl Worker {
             records.iter().map(|r| r.offset),
             stop.cloned(),
         );
-        live.store.set_epoch_deadline(ticks);
+        live.store.set_epoch_deadline(ticks.min(SLICE_TICKS));
         let called = exports.call_handle_batch(&mut live.store, records).await;
 
         let state = live.store.data_mut();
@@ -212,7 +220,9 @@ impl Worker {
         };
         let broken = results.len() != begun || results.iter().rev().skip(1).any(Result::is_err);
         if broken {
-            // The instance is not trusted with another batch (nor another record).
+            // The instance is not trusted with another record, and the module not with another
+            // batch: its records go one by one until the handler is swapped.
+            self.batches_off = true;
             return BatchInvocation::Failed(format!(
                 "broken batch contract: {} results for {begun} records begun (of {}), errors only last",
                 results.len(),
@@ -226,7 +236,7 @@ impl Worker {
             .map(|(i, (result, trace))| {
                 let outcome = match result {
                     _ if deadline_hit && i + 1 == begun => Outcome::Timeout(format!(
-                        "a producer call reached the {} ms time limit",
+                        "the record reached the {} ms time limit in a host call",
                         limits.call_timeout_ms
                     )),
                     Ok(()) => Outcome::Ok,
@@ -238,7 +248,9 @@ impl Worker {
             })
             .collect();
         live.handled += invocations.len() as u64;
-        if live.handled < limits.recycle_after_records {
+        // As after a single record: an instance whose last record hit a limit is not reused.
+        let faulted = invocations.last().is_some_and(|i| i.outcome.is_sandbox_fault());
+        if !faulted && live.handled < limits.recycle_after_records {
             self.live = Some(live);
         }
         BatchInvocation::Handled(invocations)
@@ -249,14 +261,17 @@ impl Worker {
         let state = HostState::new(module.limits().clone(), self.producer.clone());
         let mut store = Store::new(module.engine().engine(), state);
         store.limiter(|s| &mut s.memory);
-        store.set_epoch_deadline(ticks);
-        // The epoch deadline is a coarse alarm: when it goes off, the record's own deadline
-        // decides (in a batch it restarts with each record), so the guest runs on until then.
+        store.set_epoch_deadline(ticks.min(SLICE_TICKS));
+        // The epoch deadline is a time slice: when it runs out, the guest yields its thread (a
+        // long handler, or a long batch, must not starve the other tasks), and the record's own
+        // deadline decides whether it may go on (in a batch the deadline restarts per record).
         let engine = module.engine().clone();
         store.epoch_deadline_callback(move |store| {
             let now = Instant::now();
             match store.data().ctx.deadline {
-                Some(deadline) if deadline > now => Ok(UpdateDeadline::Continue(engine.ticks_for(deadline - now))),
+                Some(deadline) if deadline > now => {
+                    Ok(UpdateDeadline::Yield(engine.ticks_for(deadline - now).min(SLICE_TICKS)))
+                }
                 _ => Err(Trap::Interrupt.into()),
             }
         });
