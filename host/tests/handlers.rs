@@ -95,13 +95,20 @@ async fn new_user_rejects_malformed_and_incomplete_users_without_calling_the_pro
 }
 
 #[tokio::test]
-async fn new_user_retries_when_the_producer_fails_and_rejects_when_it_refuses() {
+async fn new_user_retries_when_the_producer_fails_or_is_busy_and_rejects_when_it_refuses() {
     let stub = StubProducer::start().await;
     stub.set_mode(TokenMode::Unavailable);
     let inv = run("new-user-created", client(&stub), &record("new-user-created", "k", &user_json())).await;
     assert_retry(&inv);
     assert!(inv.events.is_empty(), "no event for a failed attempt");
     assert_eq!(inv.calls[0].status, Some(503));
+
+    // The producer still works on an earlier attempt with the same Idempotency-Key (its
+    // publish outlived the handler's call timeout): a 409 that passes.
+    stub.set_mode(TokenMode::InProgress);
+    let inv = run("new-user-created", client(&stub), &record("new-user-created", "k", &user_json())).await;
+    assert_retry(&inv);
+    assert_eq!(inv.calls[0].status, Some(409));
 
     stub.set_mode(TokenMode::BadRequest);
     let inv = run("new-user-created", client(&stub), &record("new-user-created", "k", &user_json())).await;

@@ -2,7 +2,8 @@
 //! on the event stream.
 //!
 //! Dispositions: malformed JSON or missing fields -> `reject`; token invalid, expired, or issued to
-//! another user than the record says -> `reject`; producer unreachable, timed out or 5xx -> `retry`.
+//! another user than the record says -> `reject`; producer unreachable, timed out, busy with the
+//! same idempotency key (409), 408, 429 or 5xx -> `retry`.
 
 use handler_sdk::{
     HandlerError, KafkaRecord, Method, call_failed, call_json, is_rfc3339_utc, is_uuid, json_value, reject,

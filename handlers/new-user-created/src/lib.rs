@@ -2,7 +2,8 @@
 //! the user's first token, and announces the user on the event stream.
 //!
 //! Dispositions: malformed JSON, missing or invalid fields -> `reject`; producer unreachable, timed
-//! out or 5xx -> `retry`; any other non-201 answer -> `reject`.
+//! out, busy with the same idempotency key (409), 408, 429 or 5xx -> `retry`; any other non-201
+//! answer -> `reject`.
 
 use handler_sdk::{
     HandlerError, KafkaRecord, Method, call_failed, call_json, is_rfc3339_utc, is_uuid, json_value, reject,

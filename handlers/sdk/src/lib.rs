@@ -128,17 +128,15 @@ pub fn call_failed(what: &str, error: CallError) -> HandlerError {
     }
 }
 
-/// The disposition an unexpected HTTP status implies: a `retry` for 5xx, 408 and 429 (the producer
-/// may recover), a `reject` for any other status (the request itself is wrong).
+/// The disposition an unexpected HTTP status implies: a `retry` for 5xx, 408, 429 and 409 (the
+/// producer may recover; its 409 means an earlier attempt with the same `Idempotency-Key` is
+/// still in progress, as when its publish outlived this handler's call timeout), a `reject` for
+/// any other status (the request itself is wrong).
 pub fn status_failed(what: &str, response: &Response) -> HandlerError {
     let body = String::from_utf8_lossy(&response.body);
     let body: String = body.chars().take(200).collect();
     let reason = format!("{what}: producer answered {}: {body}", response.status);
-    if response.status >= 500 || response.status == 408 || response.status == 429 {
-        retry(reason)
-    } else {
-        reject(reason)
-    }
+    if response.status >= 500 || matches!(response.status, 408 | 409 | 429) { retry(reason) } else { reject(reason) }
 }
 
 /// Publishes an event whose payload is `payload` as JSON.

@@ -97,11 +97,7 @@ impl Worker {
         let deadline = limits.call_timeout();
         let ticks = self.module.engine().ticks_for(deadline);
 
-        let live = match self.live.take() {
-            Some(live) => Ok(live),
-            None => self.instantiate(ticks).await,
-        };
-        let mut live = match live {
+        let mut live = match self.take_live(ticks).await {
             Ok(live) => live,
             Err(outcome) => {
                 return Invocation {
@@ -173,11 +169,7 @@ impl Worker {
         }
         let limits = self.module.limits().clone();
         let ticks = self.module.engine().ticks_for(limits.call_timeout());
-        let live = match self.live.take() {
-            Some(live) => Ok(live),
-            None => self.instantiate(ticks).await,
-        };
-        let mut live = match live {
+        let mut live = match self.take_live(ticks).await {
             Ok(live) => live,
             Err(outcome) => {
                 return BatchInvocation::Failed(format!(
@@ -254,6 +246,14 @@ impl Worker {
             self.live = Some(live);
         }
         BatchInvocation::Handled(invocations)
+    }
+
+    /// The instance to run on: the one kept from the last call, or a new one.
+    async fn take_live(&mut self, ticks: u64) -> Result<Live, Outcome> {
+        match self.live.take() {
+            Some(live) => Ok(live),
+            None => self.instantiate(ticks).await,
+        }
     }
 
     async fn instantiate(&mut self, ticks: u64) -> Result<Live, Outcome> {

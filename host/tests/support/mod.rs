@@ -71,6 +71,8 @@ pub enum TokenMode {
     Unavailable,
     /// 400.
     BadRequest,
+    /// 409: a request with the same Idempotency-Key is still in progress.
+    InProgress,
 }
 
 /// A request the stub received.
@@ -178,6 +180,10 @@ async fn issue(State(state): State<StubState>, body: Bytes) -> impl IntoResponse
     match mode {
         TokenMode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "broker down".to_string()),
         TokenMode::BadRequest => (StatusCode::BAD_REQUEST, r#"{"error":"bad user_id"}"#.to_string()),
+        TokenMode::InProgress => (
+            StatusCode::CONFLICT,
+            r#"{"error":"a request with this Idempotency-Key is still in progress"}"#.to_string(),
+        ),
         TokenMode::Created => {
             let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             let user_id = req["user_id"].as_str().unwrap_or_default();
