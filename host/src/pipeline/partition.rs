@@ -12,7 +12,7 @@ use crate::handlers::{ActiveHandler, HandlerCode, RETRY_SUFFIX, TopicCounters, d
 use crate::metrics::{KindLabels, OutcomeLabels, TopicLabels};
 use crate::record::Invocation;
 use crate::record::{Outcome, Record};
-use crate::runtime::{BatchInvocation, Worker};
+use crate::runtime::{BatchInvocation, HandlerModule, Worker};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use rdkafka::TopicPartitionList;
@@ -268,11 +268,7 @@ fn wasm_worker<'a>(shared: &Shared, state: &'a mut PartitionState) -> Option<&'a
 }
 
 /// `worker`, running `module` (swapped in, or created, when it runs something else or nothing).
-fn worker_for<'a>(
-    shared: &Shared,
-    worker: &'a mut Option<Worker>,
-    module: &crate::runtime::HandlerModule,
-) -> &'a mut Worker {
+fn worker_for<'a>(shared: &Shared, worker: &'a mut Option<Worker>, module: &HandlerModule) -> &'a mut Worker {
     match worker {
         Some(w) => {
             if !w.module().same_load(module) {
@@ -315,6 +311,7 @@ async fn handle_batch(
     };
     let n = batch.len();
     shared.metrics.in_flight.inc_by(n as i64);
+    let module = worker.module().clone();
     let result = worker.invoke_batch(&batch, Some(stop)).await;
     shared.metrics.in_flight.dec_by(n as i64);
     let kind = |kind: &str| KindLabels { topic: state.handler_topic.to_string(), kind: kind.to_string() };
@@ -342,7 +339,7 @@ async fn handle_batch(
             for invocation in invocations {
                 let Some(record) = records.next() else { break };
                 let offset = record.offset;
-                if handle(shared, state, record, stop, Some(invocation)).await == Done::Abandoned {
+                if handle(shared, state, record, stop, Some((invocation, &module))).await == Done::Abandoned {
                     if let Some(next) = next {
                         state.store_offset(shared, next);
                     }
@@ -373,13 +370,15 @@ impl std::fmt::Display for At<'_> {
 }
 
 /// Handles one record to a final outcome, or abandons it when told to stop. `first` is the
-/// outcome of an attempt already made (in a batch), which then counts as the first.
+/// outcome of an attempt already made in a batch, by the module given with it: it counts as the
+/// first attempt if that module is still the topic's handler (else the record is run again by
+/// the handler now in place, whose digest and retry policy then apply).
 async fn handle(
     shared: &Shared,
     state: &mut PartitionState,
     record: Record,
     stop: &mut watch::Receiver<bool>,
-    mut first: Option<Invocation>,
+    mut first: Option<(Invocation, &HandlerModule)>,
 ) -> Done {
     let handler_topic = Arc::clone(&state.handler_topic);
     let handler_topic = &*handler_topic;
@@ -410,8 +409,9 @@ async fn handle(
             tracing::info!(record = %At(&record), "no handler for {handler_topic} any more; leaving the record for redelivery");
             return Done::Abandoned;
         };
-        let invocation = match first.take() {
-            Some(invocation) => invocation,
+        let earlier = first.take().filter(|(_, by)| matches!(&handler.code, HandlerCode::Wasm(m) if m.same_load(by)));
+        let invocation = match earlier {
+            Some((invocation, _)) => invocation,
             None => {
                 shared.metrics.in_flight.inc();
                 let invocation = match &handler.code {
