@@ -7,18 +7,22 @@ pub mod registry;
 pub use loader::Loader;
 pub use registry::{ActiveHandler, HandlerCode, HandlerStatus, NativeHandler, Registry, TopicCounters};
 
-/// Whether `topic` can be a handler's topic: a legal Kafka topic name that is not itself one of
-/// the host's retry or dead-letter topics.
+/// Whether `name` is a legal Kafka topic name of at most `max_len` characters: ASCII letters,
+/// digits, `.`, `_` and `-`, and not `.` or `..` (Kafka's own limit is 249).
+pub fn kafka_topic_name(name: &str, max_len: usize) -> Result<(), String> {
+    if name.is_empty() || name.len() > max_len {
+        return Err(format!("topic name {name:?} must be 1 to {max_len} characters"));
+    }
+    if name == "." || name == ".." || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err(format!("topic name {name:?} may only hold ASCII letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
+/// Whether `topic` can be a handler's topic: a legal Kafka topic name short enough for its retry
+/// and dead-letter topics, and not itself one of them.
 pub fn valid_topic(topic: &str) -> Result<(), String> {
-    if topic.is_empty() || topic.len() > 200 {
-        return Err(format!("topic name {topic:?} must be 1 to 200 characters"));
-    }
-    if topic == "."
-        || topic == ".."
-        || !topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        return Err(format!("topic name {topic:?} may only hold ASCII letters, digits, '.', '_' and '-'"));
-    }
+    kafka_topic_name(topic, 200)?;
     if topic.ends_with(RETRY_SUFFIX) || topic.ends_with(DLQ_SUFFIX) {
         return Err(format!("topic name {topic:?} ends like a retry or dead-letter topic"));
     }
@@ -38,4 +42,21 @@ pub fn retry_topic(topic: &str) -> String {
 /// `<topic>.dlq`.
 pub fn dlq_topic(topic: &str) -> String {
     format!("{topic}{DLQ_SUFFIX}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        for good in ["handler-events", "a", "A.b_c-9", &"x".repeat(249)] {
+            assert_eq!(kafka_topic_name(good, 249), Ok(()), "{good}");
+        }
+        for bad in ["", ".", "..", "a b", "a/b", "ü", &"x".repeat(250)] {
+            assert!(kafka_topic_name(bad, 249).is_err(), "{bad:?} accepted");
+        }
+        assert!(valid_topic(&"x".repeat(201)).is_err(), "room is left for the .retry and .dlq suffixes");
+        assert!(valid_topic("orders.retry").is_err() && valid_topic("orders.dlq").is_err());
+    }
 }
