@@ -119,14 +119,15 @@ impl HostState {
         }
     }
 
-    /// Starts a new record: clears what the previous one collected.
-    pub fn begin(&mut self, topic: &str, partition: i32, offset: i64, deadline: std::time::Instant) {
+    /// Starts a new record at `started`: clears what the previous one collected, and sets its
+    /// deadline one call timeout later.
+    pub fn begin(&mut self, topic: &str, partition: i32, offset: i64, started: std::time::Instant) {
         self.ctx.stop = None;
         self.ctx.offsets.clear();
         self.ctx.index = 0;
         self.ctx.finished.clear();
-        self.ctx.record_started = Some(std::time::Instant::now());
-        self.ctx.deadline = Some(deadline);
+        self.ctx.record_started = Some(started);
+        self.ctx.deadline = Some(started + self.limits.call_timeout());
         self.ctx.deadline_hit = false;
         self.ctx.topic.clear();
         self.ctx.topic.push_str(topic);
@@ -148,8 +149,7 @@ impl HostState {
         offsets: impl IntoIterator<Item = i64>,
         stop: Option<tokio::sync::watch::Receiver<bool>>,
     ) {
-        let now = std::time::Instant::now();
-        self.begin(topic, partition, 0, now + self.limits.call_timeout());
+        self.begin(topic, partition, 0, std::time::Instant::now());
         self.ctx.stop = stop;
         self.ctx.offsets.extend(offsets);
         self.ctx.offset = self.ctx.offsets.first().copied().unwrap_or_default();

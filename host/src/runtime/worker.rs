@@ -94,10 +94,8 @@ impl Worker {
     pub async fn invoke(&mut self, record: &Record) -> Invocation {
         let started = Instant::now();
         let limits = self.module.limits().clone();
-        let deadline = limits.call_timeout();
-        let ticks = self.module.engine().ticks_for(deadline);
 
-        let mut live = match self.take_live(ticks).await {
+        let mut live = match self.take_live().await {
             Ok(live) => live,
             Err(outcome) => {
                 return Invocation {
@@ -113,8 +111,8 @@ impl Worker {
         // The time limit: the epoch deadline interrupts guest code, and host calls get at most
         // the time left (so a call blocked on the producer ends at the deadline too). No timer
         // is armed per call.
-        live.store.data_mut().begin(&record.topic, record.partition, record.offset, started + deadline);
-        live.store.set_epoch_deadline(ticks.min(SLICE_TICKS));
+        live.store.data_mut().begin(&record.topic, record.partition, record.offset, started);
+        self.arm(&mut live.store);
         let called = match &live.exports {
             Exports::Single(e) => e.call_handle(&mut live.store, record).await,
             Exports::Batch(e) => e.call_handle(&mut live.store, record).await,
@@ -168,8 +166,7 @@ impl Worker {
             return BatchInvocation::Failed("the handler does not take batches".into());
         }
         let limits = self.module.limits().clone();
-        let ticks = self.module.engine().ticks_for(limits.call_timeout());
-        let mut live = match self.take_live(ticks).await {
+        let mut live = match self.take_live().await {
             Ok(live) => live,
             Err(outcome) => {
                 return BatchInvocation::Failed(format!(
@@ -188,7 +185,7 @@ impl Worker {
             records.iter().map(|r| r.offset),
             stop.cloned(),
         );
-        live.store.set_epoch_deadline(ticks.min(SLICE_TICKS));
+        self.arm(&mut live.store);
         let called = exports.call_handle_batch(&mut live.store, records).await;
 
         let state = live.store.data_mut();
@@ -249,19 +246,27 @@ impl Worker {
     }
 
     /// The instance to run on: the one kept from the last call, or a new one.
-    async fn take_live(&mut self, ticks: u64) -> Result<Live, Outcome> {
+    async fn take_live(&mut self) -> Result<Live, Outcome> {
         match self.live.take() {
             Some(live) => Ok(live),
-            None => self.instantiate(ticks).await,
+            None => self.instantiate().await,
         }
     }
 
-    async fn instantiate(&mut self, ticks: u64) -> Result<Live, Outcome> {
+    /// Arms the epoch deadline for the first slice of the store's current deadline.
+    fn arm(&self, store: &mut Store<HostState>) {
+        let ticks = slice_ticks(self.module.engine(), store.data().ctx.deadline, Instant::now());
+        store.set_epoch_deadline(ticks);
+    }
+
+    async fn instantiate(&mut self) -> Result<Live, Outcome> {
         let module = &self.module;
-        let state = HostState::new(module.limits().clone(), self.producer.clone());
+        let mut state = HostState::new(module.limits().clone(), self.producer.clone());
+        // Instantiation (the guest's start code) runs under the same limit as a record.
+        state.ctx.deadline = Some(Instant::now() + module.limits().call_timeout());
         let mut store = Store::new(module.engine().engine(), state);
         store.limiter(|s| &mut s.memory);
-        store.set_epoch_deadline(ticks.min(SLICE_TICKS));
+        self.arm(&mut store);
         // The epoch deadline is a time slice: when it runs out, the guest yields its thread (a
         // long handler, or a long batch, must not starve the other tasks), and the record's own
         // deadline decides whether it may go on (in a batch the deadline restarts per record).
@@ -270,7 +275,7 @@ impl Worker {
             let now = Instant::now();
             match store.data().ctx.deadline {
                 Some(deadline) if deadline > now => {
-                    Ok(UpdateDeadline::Yield(engine.ticks_for(deadline - now).min(SLICE_TICKS)))
+                    Ok(UpdateDeadline::Yield(slice_ticks(&engine, Some(deadline), now)))
                 }
                 _ => Err(Trap::Interrupt.into()),
             }
@@ -295,6 +300,13 @@ impl Worker {
             Ok(Ok(exports)) => Ok(Live { store, exports, handled: 0 }),
         }
     }
+}
+
+/// Epoch ticks until the next check: a slice, or what is left until `deadline` if that is
+/// sooner (at least one tick).
+fn slice_ticks(engine: &super::WasmEngine, deadline: Option<Instant>, now: Instant) -> u64 {
+    let left = deadline.map_or(std::time::Duration::ZERO, |d| d.saturating_duration_since(now));
+    engine.ticks_for(left).min(SLICE_TICKS)
 }
 
 /// Turns a wasmtime error from a guest call into an outcome.
