@@ -302,14 +302,11 @@ async fn handle_batch(
     stop: &mut watch::Receiver<bool>,
     pending: &mut VecDeque<Record>,
 ) -> BatchDone {
+    let n = batch.len();
     let Some(worker) = state.worker.as_mut() else {
-        let n = batch.len();
-        for record in batch.into_iter().rev() {
-            pending.push_front(record);
-        }
+        requeue(pending, batch);
         return BatchDone::Failed(n);
     };
-    let n = batch.len();
     shared.metrics.in_flight.inc_by(n as i64);
     let module = worker.module().clone();
     let result = worker.invoke_batch(&batch, Some(stop)).await;
@@ -323,9 +320,7 @@ async fn handle_batch(
                 records = n,
                 "a batch failed ({reason}); handling its records one by one"
             );
-            for record in batch.into_iter().rev() {
-                pending.push_front(record);
-            }
+            requeue(pending, batch);
             BatchDone::Failed(n)
         }
         BatchInvocation::Handled(invocations) => {
@@ -333,28 +328,32 @@ async fn handle_batch(
             let label = TopicLabels { topic: state.handler_topic.to_string() };
             shared.metrics.batched_records.get_or_create(&label).inc_by(invocations.len() as u64);
             let mut records = batch.into_iter();
-            // The offset is stored once for the batch, after its last final record (or before
+            // The offset is stored once for the batch, after its last final record (also when
             // giving up on the one after it): the same guarantee as per record, one store.
-            let mut next = None;
+            let (mut next, mut done) = (None, BatchDone::Handled);
             for invocation in invocations {
                 let Some(record) = records.next() else { break };
                 let offset = record.offset;
                 if handle(shared, state, record, stop, Some((invocation, &module))).await == Done::Abandoned {
-                    if let Some(next) = next {
-                        state.store_offset(shared, next);
-                    }
-                    return BatchDone::Abandoned;
+                    done = BatchDone::Abandoned;
+                    break;
                 }
                 next = Some(offset + 1);
             }
             if let Some(next) = next {
                 state.store_offset(shared, next);
             }
-            for record in records.rev() {
-                pending.push_front(record);
-            }
-            BatchDone::Handled
+            requeue(pending, records);
+            done
         }
+    }
+}
+
+/// Puts `records` (consecutive, in offset order) back at the front of `pending`, before what it
+/// holds.
+fn requeue(pending: &mut VecDeque<Record>, records: impl IntoIterator<Item = Record, IntoIter: DoubleEndedIterator>) {
+    for record in records.into_iter().rev() {
+        pending.push_front(record);
     }
 }
 
