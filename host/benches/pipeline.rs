@@ -2,7 +2,8 @@
 //! process), side by side in one run: the host with the trivial wasm handler, the host with the
 //! same logic compiled natively (through the same pipeline), and a bare rdkafka consumer loop
 //! that only stores offsets. Each configuration consumes the same records with a fresh group;
-//! the clock runs from the first record handled to the last, so group joins are excluded.
+//! the clock runs in the steady state, from the record that makes 10% of all handled to the one
+//! that makes 90%, so group joins, the first fetches and the tail are excluded.
 //! Prints records/s per run, the spread, the medians, the best of the rounds (the figures
 //! reported) and the ratios, and `bench-result` lines that `cargo xtask bench` reads into
 //! docs/BENCHMARKS.md.
@@ -15,13 +16,18 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Message};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const TOPIC: &str = "bench";
 // 10,000 records per partition stay within what the mock cluster keeps per partition (~5 MiB).
-const PARTITIONS: i32 = 8;
-const RECORDS: u64 = 80_000;
+const PARTITIONS: i32 = 16;
+const RECORDS: u64 = 160_000;
+/// The steady state that is timed: from the record that makes this share of all handled to the
+/// one that makes `TO` (the ramp-up of the first fetches and the tail, when the last partitions
+/// finish on fewer cores than there are, are left out).
+const FROM: f64 = 0.1;
+const TO: f64 = 0.9;
 const VALUE_BYTES: usize = 256;
 const ROUNDS: usize = 7;
 
@@ -63,12 +69,13 @@ fn config(mock: &MockCluster<'static, DefaultProducerContext>, dir: &std::path::
     .expect("config")
 }
 
-/// Runs the host until every record is handled; returns records/s from first to last.
+/// Runs the host until every record is handled; returns records/s from first to last, and the
+/// mean records per batch.
 async fn run_host(
     mock: &MockCluster<'static, DefaultProducerContext>,
     wasm: Option<&std::path::Path>,
     group: &str,
-) -> f64 {
+) -> (f64, f64) {
     let dir = tempfile::tempdir().expect("tempdir");
     if let Some(wasm) = wasm {
         std::fs::copy(wasm, dir.path().join(format!("{TOPIC}.wasm"))).expect("copy");
@@ -87,21 +94,41 @@ async fn run_host(
     }
     // Timed on a plain thread, so the measurement does not compete with the host's tasks.
     let counters = host.registry.counters(TOPIC);
-    let rate = tokio::task::spawn_blocking(move || {
-        let handled = || counters.outcomes[0].load(Ordering::Relaxed);
-        while handled() == 0 {
-            std::thread::sleep(Duration::from_micros(500));
-        }
-        let (first, started) = (handled(), Instant::now());
-        while handled() < RECORDS {
-            std::thread::sleep(Duration::from_micros(500));
-        }
-        (RECORDS - first) as f64 / started.elapsed().as_secs_f64()
-    })
-    .await
-    .expect("monitor");
+    let rate = tokio::task::spawn_blocking(move || steady_rate(|| counters.outcomes[0].load(Ordering::Relaxed)))
+        .await
+        .expect("monitor");
+    let batch = mean_batch(host.addr).await;
     host.shutdown().await;
-    rate
+    (rate, batch)
+}
+
+/// Records per `handle-batch` call, from the host's `/metrics` (0 when it made none).
+async fn mean_batch(addr: std::net::SocketAddr) -> f64 {
+    let text = reqwest::get(format!("http://{addr}/metrics")).await.expect("metrics").text().await.expect("body");
+    let sum = |prefix: &str| -> f64 {
+        text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    };
+    let batches = sum("host_batches_total{") - sum("host_batches_total{topic=\"bench\",kind=\"failed\"}");
+    if batches == 0.0 { 0.0 } else { sum("host_batched_records_total{") / batches }
+}
+
+/// Records/s in the steady state (`FROM` to `TO` of all records handled), `handled` read every
+/// 0.5 ms; returns once all are handled.
+fn steady_rate(handled: impl Fn() -> u64) -> f64 {
+    let mark = |share: f64| {
+        let target = (RECORDS as f64 * share) as u64;
+        loop {
+            let n = handled();
+            if n >= target {
+                return (n, Instant::now());
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    };
+    let (from, started) = mark(FROM);
+    let (to, ended) = mark(TO);
+    mark(1.0);
+    (to - from) as f64 / (ended - started).as_secs_f64()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -119,21 +146,27 @@ async fn main() {
     }
     fill(&mock);
     println!("{RECORDS} records of {VALUE_BYTES} bytes on {PARTITIONS} partitions; {ROUNDS} rounds, fresh group each");
+    // `PIPELINE_ONLY=wasm|native|bare` runs one configuration (to profile it); the others
+    // then read 1 record/s and their ratios mean nothing.
+    let only = std::env::var("PIPELINE_ONLY").ok();
+    let runs = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let (mut wasm_rates, mut native_rates, mut bare_rates) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
-        let w = run_host(&mock, Some(&wasm), &format!("wasm-{round}")).await;
-        let n = run_host(&mock, None, &format!("native-{round}")).await;
+        let (w, batch) =
+            if runs("wasm") { run_host(&mock, Some(&wasm), &format!("wasm-{round}")).await } else { (1.0, 0.0) };
+        let n = if runs("native") { run_host(&mock, None, &format!("native-{round}")).await.0 } else { 1.0 };
         let m = mock.bootstrap_servers();
-        let b = tokio::task::spawn_blocking({
-            let group = format!("bare-{round}");
-            move || {
-                let mock_ref = MockRef(m);
-                mock_ref.run(&group)
-            }
-        })
-        .await
-        .expect("bare");
-        println!("round {round}: wasm {w:>9.0}/s   native {n:>9.0}/s   bare loop {b:>9.0}/s");
+        let b = if runs("bare") {
+            tokio::task::spawn_blocking({
+                let group = format!("bare-{round}");
+                move || MockRef(m).run(&group)
+            })
+            .await
+            .expect("bare")
+        } else {
+            1.0
+        };
+        println!("round {round}: wasm {w:>9.0}/s (batches of {batch:.1})   native {n:>9.0}/s   bare loop {b:>9.0}/s");
         wasm_rates.push(w);
         native_rates.push(n);
         bare_rates.push(b);
@@ -183,16 +216,19 @@ impl MockRef {
             .create()
             .expect("consumer");
         consumer.subscribe(&[TOPIC]).expect("subscribe");
-        let mut seen = 0u64;
-        let mut started = None;
-        while seen < RECORDS {
+        // Timed like the host: a plain thread reads the count every 0.5 ms.
+        let seen = std::sync::Arc::new(AtomicU64::new(0));
+        let monitor = std::thread::spawn({
+            let seen = seen.clone();
+            move || steady_rate(|| seen.load(Ordering::Relaxed))
+        });
+        while seen.load(Ordering::Relaxed) < RECORDS {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
                 std::hint::black_box(m.payload());
                 consumer.store_offset(m.topic(), m.partition(), m.offset()).expect("store");
-                seen += 1;
-                started.get_or_insert_with(Instant::now);
+                seen.fetch_add(1, Ordering::Relaxed);
             }
         }
-        (RECORDS - 1) as f64 / started.map_or(1.0, |s| s.elapsed().as_secs_f64())
+        monitor.join().expect("monitor")
     }
 }

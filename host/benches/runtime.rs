@@ -74,14 +74,14 @@ fn per_record(c: &mut Criterion) {
             })
         });
     }
-    // A batch of 64 such records in one `handle-batch` call; criterion times the batch, and the
+    // A batch of 64 such records in one `handle-packed` call; criterion times the batch, and the
     // figure reported is per record (the time divided by 64).
     {
         const BATCH: usize = 64;
         let limits = HandlerLimits { recycle_after_records: u64::MAX, ..HandlerLimits::default() };
         let module = HandlerModule::load_file(&engine, &path, limits).expect("load trivial");
         let mut worker = Worker::new(module, ProducerClient::unconfigured());
-        assert!(worker.takes_batches(), "the trivial fixture targets batch-handler");
+        assert!(worker.takes_batches(), "the trivial fixture takes packed batches");
         let batch: Vec<Record> = (0..BATCH as i64).map(|i| Record { offset: i, ..record.clone() }).collect();
         group.bench_function("wasm_batch64_per_record", |b| {
             b.iter_custom(|iters| {

@@ -163,7 +163,7 @@ fn run_check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     println!(
         "ok: {} implements kafka-wasm:handler@0.1.x, world {} ({}, {} bytes)",
         file.display(),
-        if module.supports_batches() { "batch-handler" } else { "handler" },
+        module.world(),
         module.digest(),
         module.size()
     );

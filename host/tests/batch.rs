@@ -1,8 +1,9 @@
 //! Batches (`handle-batch`, the contract's `batch-handler` world) through the real pipeline on
 //! librdkafka's mock cluster: records already waiting go to the handler several at a time, yet
 //! each keeps its own outcome, order, producer-call idempotency keys, events and time limit; a
-//! batch that traps is redone record by record with nothing counted twice; and a component built
-//! against the 0.1.0 contract (before batches) still loads and runs one record per call.
+//! batch that traps is redone record by record with nothing counted twice; and components built
+//! against older contracts still load: a 0.1.0 one (before batches) runs one record per call, a
+//! 0.1.1 one (`batch-handler`, before packed batches) gets its batches through `handle-batch`.
 
 mod support;
 
@@ -224,9 +225,10 @@ async fn a_component_built_against_the_0_1_0_contract_still_loads_and_runs_one_r
     let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/new-user-created-0.1.0.wasm");
     let module = support::load(&engine, &old, host::runtime::HandlerLimits::default());
     assert!(!module.supports_batches(), "built before batches, it targets the handler world");
+    assert_eq!(module.world(), "handler");
     let current =
         support::load(&engine, &support::handler("new-user-created"), host::runtime::HandlerLimits::default());
-    assert!(current.supports_batches(), "the SDK's handlers target batch-handler");
+    assert_eq!(current.world(), "packed-batch-handler", "the SDK's handlers take packed batches");
     let stub = StubProducer::start().await;
     let client = host::producer_api::ProducerClient::new(&stub.url).expect("client");
     let mut worker = host::runtime::Worker::new(module, client);
@@ -237,4 +239,29 @@ async fn a_component_built_against_the_0_1_0_contract_still_loads_and_runs_one_r
         invocation.outcome
     );
     assert!(!worker.takes_batches());
+}
+
+#[tokio::test]
+async fn a_component_built_against_the_0_1_1_contract_gets_its_batches_through_handle_batch() {
+    let engine = support::engine();
+    let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/new-user-created-0.1.1.wasm");
+    let module = support::load(&engine, &old, host::runtime::HandlerLimits::default());
+    assert_eq!(module.world(), "batch-handler", "built before packed batches");
+    let stub = StubProducer::start().await;
+    let client = host::producer_api::ProducerClient::new(&stub.url).expect("client");
+    let mut worker = host::runtime::Worker::new(module, client);
+    assert!(worker.takes_batches());
+    // Both malformed: the batch stops at the first record that does not end `ok`.
+    let records: Vec<_> = (0..2)
+        .map(|i| host::record::Record { offset: i, ..support::record("new-user-created", "k", "{not json") })
+        .collect();
+    let host::runtime::BatchInvocation::Handled(invocations) = worker.invoke_batch(&records, None).await else {
+        panic!("the batch failed")
+    };
+    assert_eq!(invocations.len(), 1, "one result: the batch ends at the first rejection");
+    assert!(
+        matches!(&invocations[0].outcome, host::record::Outcome::Reject(r) if r.contains("malformed")),
+        "{:?}",
+        invocations[0].outcome
+    );
 }

@@ -423,7 +423,7 @@ pub fn verdicts(f: &Figures) -> Vec<Verdict> {
             pass: Some(get("runtime.wasm_fresh_us") <= 15.0),
         },
         Verdict {
-            what: "per-record sandbox cost, reuse, in a batch of 64 (handle-batch)",
+            what: "per-record sandbox cost, reuse, in a batch of 64 (handle-packed)",
             measured: format!("{:.2} µs", get("runtime.wasm_batch64_per_record_us")),
             target: "reported",
             pass: None,

@@ -13,17 +13,18 @@
 //! handler_sdk::export!(MyHandler);
 //! ```
 //!
-//! The component targets the contract's `batch-handler` world: besides `handle`, it exports
-//! `handle-batch`, which this crate implements by calling [`Guest::handle`] for each record in
-//! turn (telling the host between records) and stopping at the first that does not end `ok`. A
-//! handler written with this crate gets batches for free and needs no state of its own for them.
+//! The component targets the contract's `packed-batch-handler` world: besides `handle`, it
+//! exports `handle-packed`, which this crate implements by decoding the packed records one at a
+//! time and calling [`Guest::handle`] for each in turn (telling the host between records),
+//! stopping at the first that does not end `ok`. A handler written with this crate gets batches
+//! for free and needs no state of its own for them.
 
 /// The generated bindings (kept in a module of their own so the export macro can be public).
 #[allow(unsafe_code, missing_docs, clippy::too_many_arguments)] // generated FFI glue
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "batch-handler",
+        world: "packed-batch-handler",
         pub_export_macro: true,
         export_macro_name: "export_bindings",
         default_bindings_module: "handler_sdk::bindings",
@@ -32,7 +33,7 @@ pub mod bindings {
 
 pub use bindings::kafka_wasm::handler::producer_api::{self, CallError, Method, Request, Response};
 pub use bindings::kafka_wasm::handler::runtime::{self, Level, log, publish_event};
-pub use bindings::kafka_wasm::handler::types::Header;
+pub use bindings::kafka_wasm::handler::types::{Header, PackedRecords};
 pub use bindings::{HandlerError, KafkaRecord};
 
 /// A record handler: what a component built with this crate implements.
@@ -42,12 +43,33 @@ pub trait Guest {
     fn handle(record: KafkaRecord) -> Result<(), HandlerError>;
 }
 
+/// Handles packed records with `G` (see [`handle_batch`]), decoding each just before it is
+/// handled. Records that do not decode are the host's bug: this panics (the call traps, and the
+/// host handles the batch's records one by one with `handle`).
+pub fn handle_packed<G: Guest>(records: PackedRecords) -> Vec<Result<(), HandlerError>> {
+    let count = records.count as usize;
+    let mut decoder = packed::Decoder::new(records);
+    let results = handle_batch::<G>((0..count).map(|_| match decoder.read() {
+        Ok(record) => record,
+        Err(e) => panic!("undecodable packed records: {e}"),
+    }));
+    // A batch cut short by the host leaves records undecoded; one it ran to the end must have
+    // consumed the buffer exactly.
+    if results.len() == count
+        && let Err(e) = decoder.finish()
+    {
+        panic!("undecodable packed records: {e}");
+    }
+    results
+}
+
 /// Handles a batch with `G`: each record in turn, `next-record` between two, stopping at the
 /// first that does not end `ok` (its error is the last result) or when the host ends the batch.
 /// See the contract's `handle-batch`.
-pub fn handle_batch<G: Guest>(records: Vec<KafkaRecord>) -> Vec<Result<(), HandlerError>> {
-    let mut results = Vec::with_capacity(records.len());
-    for (i, record) in records.into_iter().enumerate() {
+pub fn handle_batch<G: Guest>(records: impl IntoIterator<Item = KafkaRecord>) -> Vec<Result<(), HandlerError>> {
+    let records = records.into_iter();
+    let mut results = Vec::with_capacity(records.size_hint().0);
+    for (i, record) in records.enumerate() {
         // The host may end the batch between two records (it is stopping).
         if i > 0 && !bindings::kafka_wasm::handler::batch::next_record() {
             break;
@@ -62,7 +84,7 @@ pub fn handle_batch<G: Guest>(records: Vec<KafkaRecord>) -> Vec<Result<(), Handl
     results
 }
 
-/// Exports a [`Guest`] as the component's handler (`handle` and `handle-batch`).
+/// Exports a [`Guest`] as the component's handler (`handle` and `handle-packed`).
 #[macro_export]
 macro_rules! export {
     ($guest:ty) => {
@@ -74,16 +96,18 @@ macro_rules! export {
                 <$guest as $crate::Guest>::handle(record)
             }
 
-            fn handle_batch(
-                records: ::std::vec::Vec<$crate::KafkaRecord>,
+            fn handle_packed(
+                records: $crate::PackedRecords,
             ) -> ::std::vec::Vec<::core::result::Result<(), $crate::HandlerError>> {
-                $crate::handle_batch::<$guest>(records)
+                $crate::handle_packed::<$guest>(records)
             }
         }
 
         $crate::bindings::export_bindings!(__HandlerSdkExport with_types_in $crate::bindings);
     };
 }
+
+pub mod packed;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

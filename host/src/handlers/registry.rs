@@ -38,6 +38,21 @@ impl NativeHandler {
         let outcome = (self.logic)(record);
         Invocation { outcome, events: Vec::new(), calls: Vec::new(), dropped: 0, duration: started.elapsed() }
     }
+
+    /// Runs the logic on `records` in order, stopping after the first that does not end `ok`,
+    /// as a component's batch does: one invocation per record handled.
+    pub fn invoke_batch(&self, records: &[Record]) -> Vec<Invocation> {
+        let mut invocations = Vec::with_capacity(records.len());
+        for record in records {
+            let invocation = self.invoke(record);
+            let last = invocation.outcome != Outcome::Ok;
+            invocations.push(invocation);
+            if last {
+                break;
+            }
+        }
+        invocations
+    }
 }
 
 /// What runs a topic's records.
@@ -55,6 +70,16 @@ impl HandlerCode {
         match self {
             Self::Wasm(module) => module.digest(),
             Self::Native(native) => &native.name,
+        }
+    }
+
+    /// Whether `self` and `other` are the same load of the same code (the same component under
+    /// the same limits, or the same native logic), so an outcome of one stands for the other.
+    pub fn same_code(&self, other: &HandlerCode) -> bool {
+        match (self, other) {
+            (Self::Wasm(a), Self::Wasm(b)) => a.same_load(b),
+            (Self::Native(a), Self::Native(b)) => Arc::ptr_eq(&a.logic, &b.logic),
+            _ => false,
         }
     }
 }

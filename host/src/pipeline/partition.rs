@@ -1,6 +1,6 @@
 //! One task per assigned partition: takes the partition's records in offset order, runs each
-//! through the topic's handler with in-place retries (several at once, in one `handle-batch`
-//! call, when the handler takes batches and records are waiting), hands failures on to the retry or
+//! through the topic's handler with in-place retries (several at once, in one batch call
+//! (`handle-packed` or `handle-batch`), when the handler takes batches and records are waiting), hands failures on to the retry or
 //! dead-letter topic, sends its events to the events topic when one is configured, and stores
 //! the record's offset only once its outcome is final.
 
@@ -221,18 +221,24 @@ fn gather_batch(
     if state.from_retry_topic {
         return Next::Alone(record);
     }
-    let Some(worker) = wasm_worker(shared, state) else { return Next::Alone(record) };
-    if !worker.takes_batches() {
+    let Some(handler) = shared.registry.get_cached(&state.handler_topic, &mut state.handler) else {
         return Next::Alone(record);
-    }
-    let limits = worker.module().limits();
+    };
+    let limits = match &handler.code {
+        HandlerCode::Wasm(module) => {
+            let worker = worker_for(shared, &mut state.worker, module);
+            if !worker.takes_batches() {
+                return Next::Alone(record);
+            }
+            worker.module().limits().as_ref()
+        }
+        // Native logic (benchmarks) goes through the same batches as a component would.
+        HandlerCode::Native(_) => &handler.settings.limits,
+    };
     // A batch is copied into the guest whole: keep it well inside the guest's memory cap.
     let max_bytes = limits.max_batch_bytes.min(limits.max_memory_bytes / 4);
     let max_records = limits.max_batch_records as usize;
-    let size = |r: &Record| {
-        let headers: usize = r.headers.iter().map(|h| h.key.len() + h.value.len()).sum();
-        (r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len) + headers) as u64
-    };
+    let size = crate::runtime::packed::encoded_len;
     let mut bytes = size(&record);
     let mut batch = vec![record];
     while batch.len() < max_records {
@@ -258,13 +264,6 @@ fn gather_batch(
         return Next::Alone(batch.remove(0));
     }
     Next::Batch(batch)
-}
-
-/// The partition's worker, made current for the topic's handler, when that handler is wasm.
-fn wasm_worker<'a>(shared: &Shared, state: &'a mut PartitionState) -> Option<&'a mut Worker> {
-    let handler = shared.registry.get_cached(&state.handler_topic, &mut state.handler)?;
-    let HandlerCode::Wasm(module) = &handler.code else { return None };
-    Some(worker_for(shared, &mut state.worker, module))
 }
 
 /// `worker`, running `module` (swapped in, or created, when it runs something else or nothing).
@@ -303,13 +302,17 @@ async fn handle_batch(
     pending: &mut VecDeque<Record>,
 ) -> BatchDone {
     let n = batch.len();
-    let Some(worker) = state.worker.as_mut() else {
+    let Some(handler) = shared.registry.get_cached(&state.handler_topic, &mut state.handler) else {
         requeue(pending, batch);
         return BatchDone::Failed(n);
     };
     shared.metrics.in_flight.inc_by(n as i64);
-    let module = worker.module().clone();
-    let result = worker.invoke_batch(&batch, Some(stop)).await;
+    let result = match &handler.code {
+        HandlerCode::Wasm(module) => {
+            worker_for(shared, &mut state.worker, module).invoke_batch(&batch, Some(stop)).await
+        }
+        HandlerCode::Native(native) => BatchInvocation::Handled(native.invoke_batch(&batch)),
+    };
     shared.metrics.in_flight.dec_by(n as i64);
     let kind = |kind: &str| KindLabels { topic: state.handler_topic.to_string(), kind: kind.to_string() };
     match result {
@@ -334,7 +337,7 @@ async fn handle_batch(
             for invocation in invocations {
                 let Some(record) = records.next() else { break };
                 let offset = record.offset;
-                if handle(shared, state, record, stop, Some((invocation, &module))).await == Done::Abandoned {
+                if handle(shared, state, record, stop, Some((invocation, &handler.code))).await == Done::Abandoned {
                     done = BatchDone::Abandoned;
                     break;
                 }
@@ -369,15 +372,15 @@ impl std::fmt::Display for At<'_> {
 }
 
 /// Handles one record to a final outcome, or abandons it when told to stop. `first` is the
-/// outcome of an attempt already made in a batch, by the module given with it: it counts as the
-/// first attempt if that module is still the topic's handler (else the record is run again by
+/// outcome of an attempt already made in a batch, by the code given with it: it counts as the
+/// first attempt if that code is still the topic's handler (else the record is run again by
 /// the handler now in place, whose digest and retry policy then apply).
 async fn handle(
     shared: &Shared,
     state: &mut PartitionState,
     record: Record,
     stop: &mut watch::Receiver<bool>,
-    mut first: Option<(Invocation, &HandlerModule)>,
+    mut first: Option<(Invocation, &HandlerCode)>,
 ) -> Done {
     let handler_topic = Arc::clone(&state.handler_topic);
     let handler_topic = &*handler_topic;
@@ -408,7 +411,7 @@ async fn handle(
             tracing::info!(record = %At(&record), "no handler for {handler_topic} any more; leaving the record for redelivery");
             return Done::Abandoned;
         };
-        let earlier = first.take().filter(|(_, by)| matches!(&handler.code, HandlerCode::Wasm(m) if m.same_load(by)));
+        let earlier = first.take().filter(|(_, by)| handler.code.same_code(by));
         let invocation = match earlier {
             Some((invocation, _)) => invocation,
             None => {

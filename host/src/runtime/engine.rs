@@ -3,7 +3,7 @@
 
 use super::config::EngineConfig;
 use super::state::HostState;
-use crate::bindings::BatchHandler;
+use crate::bindings::PackedBatchHandler;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -66,8 +66,8 @@ impl WasmEngine {
 
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(err)?;
-        // `batch-handler`'s imports are `handler`'s and `batch`: one linker serves both worlds.
-        BatchHandler::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s).map_err(err)?;
+        // The batch worlds' imports are `handler`'s and `batch`: one linker serves all three worlds.
+        PackedBatchHandler::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s).map_err(err)?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {

@@ -1,11 +1,11 @@
-//! A loaded handler: a component compiled once, checked against the `batch-handler` or the
-//! `handler` world and pre-instantiated, with its digest and limits. Cheap to clone and share between partition
+//! A loaded handler: a component compiled once, checked against the `packed-batch-handler`,
+//! `batch-handler` or `handler` world and pre-instantiated, with its digest and limits. Cheap to clone and share between partition
 //! workers; a swap replaces the whole value, never part of it.
 
 use super::config::{HandlerLimits, InvalidLimit};
 use super::engine::WasmEngine;
 use super::state::HostState;
-use crate::bindings::{BatchHandlerPre, HandlerPre};
+use crate::bindings::{BatchHandlerPre, HandlerPre, PackedBatchHandlerPre};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Arc;
@@ -50,6 +50,8 @@ pub(crate) enum Pre {
     Single(HandlerPre<HostState>),
     /// `batch-handler`: also `handle-batch`.
     Batch(BatchHandlerPre<HostState>),
+    /// `packed-batch-handler`: also `handle-packed`.
+    Packed(PackedBatchHandlerPre<HostState>),
 }
 
 /// A compiled, checked, pre-instantiated handler with the limits it runs under.
@@ -72,7 +74,7 @@ impl std::fmt::Debug for HandlerModule {
         f.debug_struct("HandlerModule")
             .field("digest", &self.inner.digest)
             .field("size", &self.inner.size)
-            .field("batches", &self.supports_batches())
+            .field("world", &self.world())
             .field("limits", &self.limits)
             .finish()
     }
@@ -114,11 +116,14 @@ impl HandlerModule {
         let component = Component::new(engine.engine(), bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         let instance_pre =
             engine.linker().instantiate_pre(&component).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        // A component that exports `handle-batch` targets `batch-handler`; any other must at
-        // least target `handler`.
-        let pre = match BatchHandlerPre::new(instance_pre.clone()) {
-            Ok(pre) => Pre::Batch(pre),
-            Err(_) => Pre::Single(HandlerPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?),
+        // A component that exports `handle-packed` targets `packed-batch-handler`, one that
+        // exports `handle-batch` targets `batch-handler`; any other must at least target `handler`.
+        let pre = if let Ok(pre) = PackedBatchHandlerPre::new(instance_pre.clone()) {
+            Pre::Packed(pre)
+        } else if let Ok(pre) = BatchHandlerPre::new(instance_pre.clone()) {
+            Pre::Batch(pre)
+        } else {
+            Pre::Single(HandlerPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?)
         };
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
         Ok(Self { inner: Arc::new(Inner { engine: engine.clone(), pre, digest, size }), limits: Arc::new(limits) })
@@ -153,9 +158,18 @@ impl HandlerModule {
         &self.inner.pre
     }
 
-    /// Whether the component targets `batch-handler` (exports `handle-batch`).
+    /// Whether the component takes batches (targets `packed-batch-handler` or `batch-handler`).
     pub fn supports_batches(&self) -> bool {
-        matches!(self.inner.pre, Pre::Batch(_))
+        !matches!(self.inner.pre, Pre::Single(_))
+    }
+
+    /// The contract world the component targets.
+    pub fn world(&self) -> &'static str {
+        match self.inner.pre {
+            Pre::Single(_) => "handler",
+            Pre::Batch(_) => "batch-handler",
+            Pre::Packed(_) => "packed-batch-handler",
+        }
     }
 
     /// Whether two values are the same load under the same limits (not merely the same bytes).

@@ -6,15 +6,16 @@
 //! instantiates for every record. Every path returns an [`Invocation`]: nothing a guest does can
 //! make `invoke` fail or panic.
 //!
-//! A `batch-handler` component under `reuse` can also take several records in one call
-//! ([`Worker::invoke_batch`]): one entry into the sandbox for many records, with each record's
+//! A `packed-batch-handler` or `batch-handler` component under `reuse` can also take several
+//! records in one call ([`Worker::invoke_batch`], packed with [`packed::pack`] for the former): one entry into the sandbox for many records, with each record's
 //! outcome, calls, events and time limit still its own.
 
 use super::config::{HandlerLimits, InstancePolicy};
 use super::module::{HandlerModule, Pre};
+use super::packed;
 use super::state::{HostState, RecordTrace};
 use crate::bindings::types::HandlerError;
-use crate::bindings::{BatchHandler, Handler};
+use crate::bindings::{BatchHandler, Handler, PackedBatchHandler};
 use crate::producer_api::ProducerClient;
 use crate::record::{Invocation, Outcome, Record};
 use std::time::Instant;
@@ -24,6 +25,7 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 enum Exports {
     Single(Handler),
     Batch(BatchHandler),
+    Packed(PackedBatchHandler),
 }
 
 struct Live {
@@ -55,6 +57,8 @@ pub struct Worker {
     instantiations: u64,
     /// The module broke the batch contract: records go one by one until it is swapped.
     batches_off: bool,
+    /// The buffer records are packed in for `handle-packed`, kept for its capacity.
+    packed: Vec<u8>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -70,7 +74,7 @@ impl std::fmt::Debug for Worker {
 impl Worker {
     /// A worker for `module`, calling the producer through `producer`.
     pub fn new(module: HandlerModule, producer: ProducerClient) -> Self {
-        Self { module, producer, live: None, instantiations: 0, batches_off: false }
+        Self { module, producer, live: None, instantiations: 0, batches_off: false, packed: Vec::new() }
     }
 
     /// The handler this worker runs.
@@ -116,6 +120,7 @@ impl Worker {
         let called = match &live.exports {
             Exports::Single(e) => e.call_handle(&mut live.store, record).await,
             Exports::Batch(e) => e.call_handle(&mut live.store, record).await,
+            Exports::Packed(e) => e.call_handle(&mut live.store, record).await,
         };
         let outcome = match called {
             _ if live.store.data().ctx.deadline_hit => {
@@ -141,8 +146,8 @@ impl Worker {
         Invocation { outcome, events, calls, dropped, duration: started.elapsed() }
     }
 
-    /// Whether [`Worker::invoke_batch`] can take batches: a `batch-handler` component under
-    /// `reuse`, allowed more than one record per batch.
+    /// Whether [`Worker::invoke_batch`] can take batches: a `packed-batch-handler` or
+    /// `batch-handler` component under `reuse`, allowed more than one record per batch.
     pub fn takes_batches(&self) -> bool {
         let limits = self.module.limits();
         self.module.supports_batches()
@@ -152,7 +157,7 @@ impl Worker {
     }
 
     /// Runs `records` (consecutive records of one partition, in offset order) through the
-    /// handler's `handle-batch` in one call. Each record has its own time limit, call and event
+    /// handler's `handle-packed` or `handle-batch` in one call. Each record has its own time limit, call and event
     /// caps and idempotency keys, as with [`Worker::invoke`]. When `stop` turns true, the batch
     /// ends at the next record boundary (the records handled so far are reported). Only for a
     /// worker that [`takes_batches`](Worker::takes_batches); otherwise the batch is reported failed.
@@ -176,8 +181,16 @@ impl Worker {
                 ));
             }
         };
-        let Exports::Batch(exports) = &live.exports else {
-            return BatchInvocation::Failed("the instance does not export handle-batch".into());
+        // Packed before the call, so that packing is not charged to the first record's time.
+        let packed = match &live.exports {
+            Exports::Packed(_) => match packed::pack(records, std::mem::take(&mut self.packed)) {
+                Ok(packed) => Some(packed),
+                Err(e) => {
+                    self.live = Some(live);
+                    return BatchInvocation::Failed(format!("cannot pack the batch: {e}"));
+                }
+            },
+            _ => None,
         };
         live.store.data_mut().begin_batch(
             &first.topic,
@@ -186,7 +199,15 @@ impl Worker {
             stop.cloned(),
         );
         self.arm(&mut live.store);
-        let called = exports.call_handle_batch(&mut live.store, records).await;
+        let called = match (&live.exports, packed) {
+            (Exports::Packed(exports), Some(packed)) => {
+                let called = exports.call_handle_packed(&mut live.store, &packed).await;
+                self.packed = packed.data;
+                called
+            }
+            (Exports::Batch(exports), _) => exports.call_handle_batch(&mut live.store, records).await,
+            _ => return BatchInvocation::Failed("the instance does not export a batch function".into()),
+        };
 
         let state = live.store.data_mut();
         let deadline_hit = state.ctx.deadline_hit;
@@ -286,6 +307,7 @@ impl Worker {
             match module.pre() {
                 Pre::Single(pre) => pre.instantiate_async(&mut store).await.map(Exports::Single),
                 Pre::Batch(pre) => pre.instantiate_async(&mut store).await.map(Exports::Batch),
+                Pre::Packed(pre) => pre.instantiate_async(&mut store).await.map(Exports::Packed),
             }
         };
         let instantiated = tokio::time::timeout(limits.call_timeout(), instantiating).await;

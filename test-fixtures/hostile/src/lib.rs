@@ -29,11 +29,34 @@ fn call(path: &str) -> Result<producer_api::Response, producer_api::CallError> {
     producer_api::call(&Request { method: Method::Get, path: path.to_string(), headers: vec![], body: vec![] })
 }
 
+/// Publishes every field of the record, bytes as arrays of numbers, as a `described` event.
+fn describe(record: &KafkaRecord) {
+    publish_event(
+        "described",
+        &serde_json::json!({
+            "topic": record.topic, "partition": record.partition, "offset": record.offset,
+            "timestamp_ms": record.timestamp_ms, "key": record.key, "value": record.value,
+            "headers": record.headers.iter().map(|h| (h.key.clone(), h.value.clone())).collect::<Vec<_>>(),
+            "attempt": record.attempt,
+        })
+        .to_string(),
+    );
+}
+
 impl handler_sdk::Guest for Hostile {
     fn handle(record: KafkaRecord) -> Result<(), HandlerError> {
         let key = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned();
         match key.as_str() {
             "ok" => Ok(()),
+            // A record with no key is described too (a key is how the other misdeeds are named).
+            _ if record.key.is_none() => {
+                describe(&record);
+                Ok(())
+            }
+            "describe" => {
+                describe(&record);
+                Ok(())
+            }
             "echo" => {
                 publish_event(
                     "record",

@@ -1,0 +1,90 @@
+//! The packed batch (`handle-packed`, the contract's `packed-batch-handler` world) through the
+//! WIT contract: every field of every record in a batch reaches the guest exactly as it does
+//! when the record is handed over alone with `handle`, for arbitrary records (no key, tombstones,
+//! empty and binary values, repeated and non-ASCII header keys, binary header values, any
+//! timestamp). The guest is the hostile fixture, whose `describe` misdeed (also what it does with
+//! a record that has no key) publishes every field it received as an event.
+
+mod support;
+
+use host::record::{Header, Outcome, Record};
+use host::runtime::{BatchInvocation, HandlerLimits, Worker};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use support::{StubProducer, fixture};
+
+/// What the fixture should report for `record`: the same JSON shape its `describe` builds.
+fn described(record: &Record) -> serde_json::Value {
+    serde_json::json!({
+        "topic": record.topic, "partition": record.partition, "offset": record.offset,
+        "timestamp_ms": record.timestamp_ms, "key": record.key, "value": record.value,
+        "headers": record.headers.iter().map(|h| (h.key.clone(), h.value.clone())).collect::<Vec<_>>(),
+        "attempt": record.attempt,
+    })
+}
+
+/// The one `described` event of an invocation that must have ended `ok`.
+fn reported(outcome: &Outcome, events: &[host::record::Event]) -> serde_json::Value {
+    assert_eq!(outcome, &Outcome::Ok);
+    assert_eq!(events.len(), 1, "one event per record");
+    assert_eq!(events[0].kind, "described");
+    serde_json::from_str(&events[0].payload).expect("json")
+}
+
+/// Consecutive records of one partition with arbitrary contents.
+fn batch() -> impl Strategy<Value = Vec<Record>> {
+    let header =
+        ("\\PC{0,8}", prop::collection::vec(any::<u8>(), 0..16)).prop_map(|(key, value)| Header { key, value });
+    let record = (
+        prop::option::of(Just(b"describe".to_vec())),
+        prop::option::of(prop::collection::vec(any::<u8>(), 0..300)),
+        prop::option::of(any::<i64>()),
+        prop::collection::vec(header, 0..4),
+        1u32..5,
+    );
+    (0i32..16, 0i64..1 << 40, prop::collection::vec(record, 1..8)).prop_map(|(partition, start, records)| {
+        records
+            .into_iter()
+            .enumerate()
+            .map(|(i, (key, value, timestamp_ms, headers, attempt))| Record {
+                topic: "orders".into(),
+                partition,
+                offset: start + i as i64,
+                timestamp_ms,
+                key,
+                value,
+                headers,
+                attempt,
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn every_field_of_every_record_reaches_the_guest_in_a_packed_batch_as_it_does_alone() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let engine = support::engine();
+    let module = support::load(&engine, &fixture("hostile"), HandlerLimits::default());
+    assert_eq!(module.world(), "packed-batch-handler", "the SDK's components take packed batches");
+    let stub = runtime.block_on(StubProducer::start());
+    let client = host::producer_api::ProducerClient::new(&stub.url).expect("client");
+    let worker = std::cell::RefCell::new(Worker::new(module, client));
+    assert!(worker.borrow().takes_batches());
+    let mut runner = TestRunner::new(Config { cases: 64, failure_persistence: None, ..Config::default() });
+    runner
+        .run(&batch(), |records| {
+            let BatchInvocation::Handled(invocations) =
+                runtime.block_on(worker.borrow_mut().invoke_batch(&records, None))
+            else {
+                panic!("the batch failed");
+            };
+            prop_assert_eq!(invocations.len(), records.len(), "every record handled");
+            for (record, invocation) in records.iter().zip(&invocations) {
+                prop_assert_eq!(reported(&invocation.outcome, &invocation.events), described(record));
+                let alone = runtime.block_on(worker.borrow_mut().invoke(record));
+                prop_assert_eq!(reported(&alone.outcome, &alone.events), described(record), "alone, the same");
+            }
+            Ok(())
+        })
+        .expect("property");
+}
