@@ -4,9 +4,9 @@
 //! that only stores offsets. Each configuration consumes the same records with a fresh group;
 //! the clock runs in the steady state, from the record that makes 10% of all handled to the one
 //! that makes 90%, so group joins, the first fetches and the tail are excluded.
-//! Prints records/s per run, the spread, the medians, the best of the rounds (the figures
-//! reported) and the ratios, and `bench-result` lines that `cargo xtask bench` reads into
-//! docs/BENCHMARKS.md.
+//! Prints records/s per run, the spread, the medians and the best of the rounds, the ratios
+//! (the median of each round's ratio: the figures reported), and `bench-result` lines that
+//! `cargo xtask bench` reads into docs/BENCHMARKS.md.
 
 use common::env::Env;
 use host::config::{HandlerSettings, HostConfig};
@@ -29,7 +29,7 @@ const RECORDS: u64 = 160_000;
 const FROM: f64 = 0.1;
 const TO: f64 = 0.9;
 const VALUE_BYTES: usize = 256;
-const ROUNDS: usize = 7;
+const ROUNDS: usize = 11;
 
 /// The trivial fixture's logic, natively. Keep identical to `test-fixtures/trivial`.
 fn trivial(record: &Record) -> Outcome {
@@ -69,13 +69,24 @@ fn config(mock: &MockCluster<'static, DefaultProducerContext>, dir: &std::path::
     .expect("config")
 }
 
-/// Runs the host until every record is handled; returns records/s from first to last, and the
-/// mean records per batch.
+/// One configuration's run, in the steady state.
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    /// Records/s.
+    rate: f64,
+    /// CPU time of the whole process (every thread: the host's, librdkafka's, the mock
+    /// cluster's) per record, in µs.
+    cpu_us: f64,
+    /// Mean records per batch call (0 when none).
+    batch: f64,
+}
+
+/// Runs the host until every record is handled.
 async fn run_host(
     mock: &MockCluster<'static, DefaultProducerContext>,
     wasm: Option<&std::path::Path>,
     group: &str,
-) -> (f64, f64) {
+) -> Run {
     let dir = tempfile::tempdir().expect("tempdir");
     if let Some(wasm) = wasm {
         std::fs::copy(wasm, dir.path().join(format!("{TOPIC}.wasm"))).expect("copy");
@@ -94,12 +105,12 @@ async fn run_host(
     }
     // Timed on a plain thread, so the measurement does not compete with the host's tasks.
     let counters = host.registry.counters(TOPIC);
-    let rate = tokio::task::spawn_blocking(move || steady_rate(|| counters.outcomes[0].load(Ordering::Relaxed)))
+    let run = tokio::task::spawn_blocking(move || steady_state(|| counters.outcomes[0].load(Ordering::Relaxed)))
         .await
         .expect("monitor");
     let batch = mean_batch(host.addr).await;
     host.shutdown().await;
-    (rate, batch)
+    Run { batch, ..run }
 }
 
 /// Records per `handle-batch` call, from the host's `/metrics` (0 when it made none).
@@ -112,9 +123,9 @@ async fn mean_batch(addr: std::net::SocketAddr) -> f64 {
     if batches == 0.0 { 0.0 } else { sum("host_batched_records_total{") / batches }
 }
 
-/// Records/s in the steady state (`FROM` to `TO` of all records handled), `handled` read every
-/// 0.5 ms; returns once all are handled.
-fn steady_rate(handled: impl Fn() -> u64) -> f64 {
+/// Records/s and CPU per record in the steady state (`FROM` to `TO` of all records handled),
+/// `handled` read every millisecond; returns once all are handled.
+fn steady_state(handled: impl Fn() -> u64) -> Run {
     let mark = |share: f64| {
         let target = (RECORDS as f64 * share) as u64;
         loop {
@@ -122,13 +133,16 @@ fn steady_rate(handled: impl Fn() -> u64) -> f64 {
             if n >= target {
                 return (n, Instant::now());
             }
-            std::thread::sleep(Duration::from_micros(500));
+            std::thread::sleep(Duration::from_millis(1));
         }
     };
     let (from, started) = mark(FROM);
+    let cpu = cpu_time::ProcessTime::now();
     let (to, ended) = mark(TO);
+    let cpu = cpu.elapsed();
     mark(1.0);
-    (to - from) as f64 / (ended - started).as_secs_f64()
+    let records = (to - from) as f64;
+    Run { rate: records / (ended - started).as_secs_f64(), cpu_us: cpu.as_secs_f64() * 1e6 / records, batch: 0.0 }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -150,11 +164,11 @@ async fn main() {
     // then read 1 record/s and their ratios mean nothing.
     let only = std::env::var("PIPELINE_ONLY").ok();
     let runs = |name: &str| only.as_deref().is_none_or(|o| o == name);
-    let (mut wasm_rates, mut native_rates, mut bare_rates) = (Vec::new(), Vec::new(), Vec::new());
+    let skipped = Run { rate: 1.0, cpu_us: 1.0, batch: 0.0 };
+    let (mut wasm_runs, mut native_runs, mut bare_runs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
-        let (w, batch) =
-            if runs("wasm") { run_host(&mock, Some(&wasm), &format!("wasm-{round}")).await } else { (1.0, 0.0) };
-        let n = if runs("native") { run_host(&mock, None, &format!("native-{round}")).await.0 } else { 1.0 };
+        let w = if runs("wasm") { run_host(&mock, Some(&wasm), &format!("wasm-{round}")).await } else { skipped };
+        let n = if runs("native") { run_host(&mock, None, &format!("native-{round}")).await } else { skipped };
         let m = mock.bootstrap_servers();
         let b = if runs("bare") {
             tokio::task::spawn_blocking({
@@ -164,40 +178,64 @@ async fn main() {
             .await
             .expect("bare")
         } else {
-            1.0
+            skipped
         };
-        println!("round {round}: wasm {w:>9.0}/s (batches of {batch:.1})   native {n:>9.0}/s   bare loop {b:>9.0}/s");
-        wasm_rates.push(w);
-        native_rates.push(n);
-        bare_rates.push(b);
+        println!(
+            "round {round}: wasm {:>9.0}/s {:.2} µs CPU (batches of {:.1})   native {:>9.0}/s {:.2} µs CPU   bare loop {:>9.0}/s {:.2} µs CPU",
+            w.rate, w.cpu_us, w.batch, n.rate, n.cpu_us, b.rate, b.cpu_us
+        );
+        wasm_runs.push(w);
+        native_runs.push(n);
+        bare_runs.push(b);
     }
+    let rates = |runs: &[Run]| runs.iter().map(|r| r.rate).collect::<Vec<_>>();
+    let (wasm_rates, native_rates, bare_rates) = (rates(&wasm_runs), rates(&native_runs), rates(&bare_runs));
+    let cpu = |runs: &[Run]| median(runs.iter().map(|r| r.cpu_us).collect());
+    let (cw, cn, cb) = (cpu(&wasm_runs), cpu(&native_runs), cpu(&bare_runs));
+    println!("CPU per record (medians): wasm {cw:.3} µs   native {cn:.3} µs   bare loop {cb:.3} µs");
+    println!("bench-result pipeline.wasm_cpu_us {cw:.3}");
+    println!("bench-result pipeline.native_cpu_us {cn:.3}");
+    println!("bench-result pipeline.bare_cpu_us {cb:.3}");
     let spread = |v: &[f64]| {
         let (lo, hi) = v.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-        format!("{lo:.0}-{hi:.0}")
+        (lo, hi)
+    };
+    let show = |v: &[f64], digits: usize| {
+        let (lo, hi) = spread(v);
+        format!("{lo:.digits$}-{hi:.digits$}")
     };
     println!(
         "spread:  wasm {}   native {}   bare loop {}",
-        spread(&wasm_rates),
-        spread(&native_rates),
-        spread(&bare_rates)
+        show(&wasm_rates, 0),
+        show(&native_rates, 0),
+        show(&bare_rates, 0)
     );
     let (mw, mn, mb) = (median(wasm_rates.clone()), median(native_rates.clone()), median(bare_rates.clone()));
     println!("median:  wasm {mw:.0}/s   native {mn:.0}/s   bare loop {mb:.0}/s");
-    // The machine only ever slows a run down (another process, a stall): the best of the
-    // rounds is each configuration's least disturbed run, and the figure reported.
     let best = |v: &[f64]| v.iter().copied().fold(0.0f64, f64::max);
     let (w, n, b) = (best(&wasm_rates), best(&native_rates), best(&bare_rates));
     println!("best:    wasm {w:.0}/s   native {n:.0}/s   bare loop {b:.0}/s");
-    println!("wasm / native through the same pipeline: {:.2} (medians: {:.2})", w / n, mw / mn);
-    println!("wasm / bare rdkafka loop: {:.2} (medians: {:.2})", w / b, mw / mb);
-    println!("native / bare rdkafka loop: {:.2} (medians: {:.2})", n / b, mn / mb);
-    // Machine-readable lines for `cargo xtask bench`.
-    println!("bench-result pipeline.wasm {w:.0}");
-    println!("bench-result pipeline.native {n:.0}");
-    println!("bench-result pipeline.bare {b:.0}");
-    println!("bench-result pipeline.wasm_median {mw:.0}");
-    println!("bench-result pipeline.native_median {mn:.0}");
-    println!("bench-result pipeline.bare_median {mb:.0}");
+    // The ratios reported: per round, the three configurations ran one after the other on the
+    // same machine state; the median of those paired ratios is the least sensitive to a round
+    // that the machine slowed down (it often slows one run by a third or more).
+    let paired = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a / b).collect::<Vec<_>>();
+    let (wn, wb, nb) =
+        (paired(&wasm_rates, &native_rates), paired(&wasm_rates, &bare_rates), paired(&native_rates, &bare_rates));
+    for (what, ratios, lo_key, hi_key, key) in [
+        ("wasm / native through the same pipeline", &wn, "wasm_native_min", "wasm_native_max", "wasm_native"),
+        ("wasm / bare rdkafka loop", &wb, "wasm_bare_min", "wasm_bare_max", "wasm_bare"),
+        ("native / bare rdkafka loop", &nb, "native_bare_min", "native_bare_max", "native_bare"),
+    ] {
+        let (lo, hi) = spread(ratios);
+        let m = median(ratios.clone());
+        println!("{what}: {m:.2} (median of the rounds' ratios, which range {})", show(ratios, 2));
+        println!("bench-result pipeline.{key} {m:.3}");
+        println!("bench-result pipeline.{lo_key} {lo:.3}");
+        println!("bench-result pipeline.{hi_key} {hi:.3}");
+    }
+    println!("bench-result pipeline.wasm {mw:.0}");
+    println!("bench-result pipeline.native {mn:.0}");
+    println!("bench-result pipeline.bare {mb:.0}");
     drop(mock);
 }
 
@@ -206,7 +244,7 @@ async fn main() {
 struct MockRef(String);
 
 impl MockRef {
-    fn run(&self, group: &str) -> f64 {
+    fn run(&self, group: &str) -> Run {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.0)
             .set("group.id", group)
@@ -216,11 +254,11 @@ impl MockRef {
             .create()
             .expect("consumer");
         consumer.subscribe(&[TOPIC]).expect("subscribe");
-        // Timed like the host: a plain thread reads the count every 0.5 ms.
+        // Timed like the host: a plain thread reads the count every millisecond.
         let seen = std::sync::Arc::new(AtomicU64::new(0));
         let monitor = std::thread::spawn({
             let seen = seen.clone();
-            move || steady_rate(|| seen.load(Ordering::Relaxed))
+            move || steady_state(|| seen.load(Ordering::Relaxed))
         });
         while seen.load(Ordering::Relaxed) < RECORDS {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
