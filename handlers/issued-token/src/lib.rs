@@ -43,8 +43,8 @@ struct TokenVerified<'a> {
 struct IssuedTokenHandler;
 
 impl handler_sdk::Guest for IssuedTokenHandler {
-    fn handle(record: KafkaRecord) -> Result<(), HandlerError> {
-        let issued: IssuedToken = json_value(&record)?;
+    fn handle(record: &KafkaRecord) -> Result<(), HandlerError> {
+        let issued: IssuedToken = json_value(record)?;
         if !is_uuid(&issued.user_id) {
             return Err(reject(format!("user_id {:?} is not a UUID", issued.user_id)));
         }

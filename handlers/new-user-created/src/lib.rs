@@ -37,8 +37,8 @@ struct UserCreated<'a> {
 struct NewUserCreated;
 
 impl handler_sdk::Guest for NewUserCreated {
-    fn handle(record: KafkaRecord) -> Result<(), HandlerError> {
-        let user: User = json_value(&record)?;
+    fn handle(record: &KafkaRecord) -> Result<(), HandlerError> {
+        let user: User = json_value(record)?;
         if !is_uuid(&user.id) {
             return Err(reject(format!("id {:?} is not a UUID", user.id)));
         }

@@ -5,8 +5,8 @@
 //! ```ignore
 //! struct MyHandler;
 //! impl handler_sdk::Guest for MyHandler {
-//!     fn handle(record: handler_sdk::KafkaRecord) -> Result<(), handler_sdk::HandlerError> {
-//!         let user: MyUser = handler_sdk::json_value(&record)?;
+//!     fn handle(record: &handler_sdk::KafkaRecord) -> Result<(), handler_sdk::HandlerError> {
+//!         let user: MyUser = handler_sdk::json_value(record)?;
 //!         Ok(())
 //!     }
 //! }
@@ -15,8 +15,9 @@
 //!
 //! The component targets the contract's `packed-batch-handler` world: besides `handle`, it
 //! exports `handle-packed`, which this crate implements by decoding the packed records one at a
-//! time and calling [`Guest::handle`] for each in turn (telling the host between records),
-//! stopping at the first that does not end `ok`. A handler written with this crate gets batches
+//! time (into the buffers of the record before, so a batch allocates little) and calling
+//! [`Guest::handle`] for each in turn (telling the host between records), stopping at the first
+//! that does not end `ok`. A handler written with this crate gets batches
 //! for free and needs no state of its own for them.
 
 /// The generated bindings (kept in a module of their own so the export macro can be public).
@@ -39,47 +40,41 @@ pub use bindings::{HandlerError, KafkaRecord};
 /// A record handler: what a component built with this crate implements.
 pub trait Guest {
     /// Handles one record: `Ok(())` when it is done, `Err(retry(..))` for a transient failure,
-    /// `Err(reject(..))` for a permanent one. See the contract's `handle`.
-    fn handle(record: KafkaRecord) -> Result<(), HandlerError>;
+    /// `Err(reject(..))` for a permanent one. See the contract's `handle`. The record is lent:
+    /// in a batch, the SDK decodes each record into the buffers of the one before.
+    fn handle(record: &KafkaRecord) -> Result<(), HandlerError>;
 }
 
-/// Handles packed records with `G` (see [`handle_batch`]), decoding each just before it is
-/// handled. Records that do not decode are the host's bug: this panics (the call traps, and the
-/// host handles the batch's records one by one with `handle`).
+/// Handles packed records with `G`: each record in turn, decoded just before it is handled,
+/// `next-record` between two, stopping at the first that does not end `ok` (its error is the
+/// last result) or when the host ends the batch. See the contract's `handle-packed`. Records
+/// that do not decode are the host's bug: this panics (the call traps, and the host handles the
+/// batch's records one by one with `handle`).
 pub fn handle_packed<G: Guest>(records: PackedRecords) -> Vec<Result<(), HandlerError>> {
     let count = records.count as usize;
     let mut decoder = packed::Decoder::new(records);
-    let results = handle_batch::<G>((0..count).map(|_| match decoder.read() {
-        Ok(record) => record,
-        Err(e) => panic!("undecodable packed records: {e}"),
-    }));
-    // A batch cut short by the host leaves records undecoded; one it ran to the end must have
-    // consumed the buffer exactly.
-    if results.len() == count
-        && let Err(e) = decoder.finish()
-    {
-        panic!("undecodable packed records: {e}");
-    }
-    results
-}
-
-/// Handles a batch with `G`: each record in turn, `next-record` between two, stopping at the
-/// first that does not end `ok` (its error is the last result) or when the host ends the batch.
-/// See the contract's `handle-batch`.
-pub fn handle_batch<G: Guest>(records: impl IntoIterator<Item = KafkaRecord>) -> Vec<Result<(), HandlerError>> {
-    let records = records.into_iter();
-    let mut results = Vec::with_capacity(records.size_hint().0);
-    for (i, record) in records.enumerate() {
+    let mut record = decoder.blank();
+    let mut results = Vec::with_capacity(count);
+    for i in 0..count {
         // The host may end the batch between two records (it is stopping).
         if i > 0 && !bindings::kafka_wasm::handler::batch::next_record() {
             break;
         }
-        let result = G::handle(record);
-        let done = result.is_err();
+        if let Err(e) = decoder.read_into(&mut record) {
+            panic!("undecodable packed records: {e}");
+        }
+        let result = G::handle(&record);
+        let last = result.is_err();
         results.push(result);
-        if done {
+        if last {
             break;
         }
+    }
+    // A batch the host ran to its end must have used the buffer up exactly.
+    if results.len() == count
+        && let Err(e) = decoder.finish()
+    {
+        panic!("undecodable packed records: {e}");
     }
     results
 }
@@ -93,7 +88,7 @@ macro_rules! export {
 
         impl $crate::bindings::Guest for __HandlerSdkExport {
             fn handle(record: $crate::KafkaRecord) -> ::core::result::Result<(), $crate::HandlerError> {
-                <$guest as $crate::Guest>::handle(record)
+                <$guest as $crate::Guest>::handle(&record)
             }
 
             fn handle_packed(

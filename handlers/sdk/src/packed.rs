@@ -42,37 +42,49 @@ impl Decoder {
         Self { topic: records.topic, partition: records.partition, data: records.data, pos: 0 }
     }
 
-    /// Reads the next record.
-    pub fn read(&mut self) -> Result<KafkaRecord, DecodeError> {
-        let offset = i64::from_le_bytes(self.array()?);
-        let attempt = u32::from_le_bytes(self.array()?);
+    /// A record of this batch's topic and partition with nothing else set, to decode into.
+    pub fn blank(&self) -> KafkaRecord {
+        KafkaRecord {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: 0,
+            timestamp_ms: None,
+            key: None,
+            value: None,
+            headers: Vec::new(),
+            attempt: 0,
+        }
+    }
+
+    /// Decodes the next record into `record` (one from [`Decoder::blank`]), reusing its
+    /// buffers: a batch of similar records allocates only for its first.
+    pub fn read_into(&mut self, record: &mut KafkaRecord) -> Result<(), DecodeError> {
+        record.offset = i64::from_le_bytes(self.array()?);
+        record.attempt = u32::from_le_bytes(self.array()?);
         let [flags] = self.array()?;
         if flags & !(HAS_TIMESTAMP | HAS_KEY | HAS_VALUE) != 0 {
             return Err(self.error("unknown flags"));
         }
-        let timestamp_ms = if flags & HAS_TIMESTAMP != 0 { Some(i64::from_le_bytes(self.array()?)) } else { None };
-        let key = if flags & HAS_KEY != 0 { Some(self.bytes()?.to_vec()) } else { None };
-        let value = if flags & HAS_VALUE != 0 { Some(self.bytes()?.to_vec()) } else { None };
-        let count = u32::from_le_bytes(self.array()?);
-        let mut headers = Vec::with_capacity((count as usize).min(self.data.len() - self.pos));
-        for _ in 0..count {
+        record.timestamp_ms = if flags & HAS_TIMESTAMP != 0 { Some(i64::from_le_bytes(self.array()?)) } else { None };
+        self.optional_bytes(flags & HAS_KEY != 0, &mut record.key)?;
+        self.optional_bytes(flags & HAS_VALUE != 0, &mut record.value)?;
+        let count = u32::from_le_bytes(self.array()?) as usize;
+        record.headers.truncate(count);
+        for i in 0..count {
             let at = self.pos;
             let key = std::str::from_utf8(self.bytes()?)
-                .map_err(|_| DecodeError { at, what: "a header key that is not UTF-8" })?
-                .to_owned();
-            let value = self.bytes()?.to_vec();
-            headers.push(Header { key, value });
+                .map_err(|_| DecodeError { at, what: "a header key that is not UTF-8" })?;
+            if i == record.headers.len() {
+                record.headers.push(Header { key: String::new(), value: Vec::new() });
+            }
+            let header = &mut record.headers[i];
+            header.key.clear();
+            header.key.push_str(key);
+            header.value.clear();
+            let value = self.bytes()?;
+            header.value.extend_from_slice(value);
         }
-        Ok(KafkaRecord {
-            topic: self.topic.clone(),
-            partition: self.partition,
-            offset,
-            timestamp_ms,
-            key,
-            value,
-            headers,
-            attempt,
-        })
+        Ok(())
     }
 
     /// Checks that the buffer held nothing after the last record.
@@ -90,6 +102,20 @@ impl Decoder {
         let bytes = &self.data[self.pos..end];
         self.pos = end;
         Ok(bytes)
+    }
+
+    /// Reads a length-prefixed field into `into` when `present` (reusing its buffer), else
+    /// sets it to `None`.
+    fn optional_bytes(&mut self, present: bool, into: &mut Option<Vec<u8>>) -> Result<(), DecodeError> {
+        if !present {
+            *into = None;
+            return Ok(());
+        }
+        let bytes = self.bytes()?;
+        let buffer = into.get_or_insert_default();
+        buffer.clear();
+        buffer.extend_from_slice(bytes);
+        Ok(())
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {

@@ -5,7 +5,7 @@ use handler_sdk::{HandlerError, KafkaRecord};
 struct BigStart;
 
 impl handler_sdk::Guest for BigStart {
-    fn handle(_record: KafkaRecord) -> Result<(), HandlerError> {
+    fn handle(_record: &KafkaRecord) -> Result<(), HandlerError> {
         Ok(())
     }
 }

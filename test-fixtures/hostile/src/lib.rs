@@ -44,17 +44,17 @@ fn describe(record: &KafkaRecord) {
 }
 
 impl handler_sdk::Guest for Hostile {
-    fn handle(record: KafkaRecord) -> Result<(), HandlerError> {
+    fn handle(record: &KafkaRecord) -> Result<(), HandlerError> {
         let key = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned();
         match key.as_str() {
             "ok" => Ok(()),
             // A record with no key is described too (a key is how the other misdeeds are named).
             _ if record.key.is_none() => {
-                describe(&record);
+                describe(record);
                 Ok(())
             }
             "describe" => {
-                describe(&record);
+                describe(record);
                 Ok(())
             }
             "echo" => {
@@ -62,7 +62,7 @@ impl handler_sdk::Guest for Hostile {
                     "record",
                     &serde_json::json!({
                         "topic": record.topic, "partition": record.partition, "offset": record.offset,
-                        "attempt": record.attempt, "value": value_str(&record),
+                        "attempt": record.attempt, "value": value_str(record),
                         "headers": record.headers.iter().map(|h| h.key.clone()).collect::<Vec<_>>(),
                         "tombstone": record.value.is_none(),
                     })
@@ -72,20 +72,20 @@ impl handler_sdk::Guest for Hostile {
             }
             "sleep" => {
                 // Sleeps the value's milliseconds (a slow handler), then echoes like "echo".
-                let ms: u64 = value_str(&record).parse().unwrap_or(10);
+                let ms: u64 = value_str(record).parse().unwrap_or(10);
                 std::thread::sleep(std::time::Duration::from_millis(ms));
                 publish_event(
                     "record",
                     &serde_json::json!({
                         "topic": record.topic, "partition": record.partition, "offset": record.offset,
-                        "attempt": record.attempt, "value": value_str(&record),
+                        "attempt": record.attempt, "value": value_str(record),
                     })
                     .to_string(),
                 );
                 Ok(())
             }
-            "retry" => Err(HandlerError::Retry(value_str(&record))),
-            "reject" => Err(HandlerError::Reject(value_str(&record))),
+            "retry" => Err(HandlerError::Retry(value_str(record))),
+            "reject" => Err(HandlerError::Reject(value_str(record))),
             "loop" => loop {
                 std::hint::black_box(0u8);
             },
@@ -126,7 +126,7 @@ impl handler_sdk::Guest for Hostile {
                 Ok(())
             }
             "net" => {
-                let target = value_str(&record);
+                let target = value_str(record);
                 let tcp = std::net::TcpStream::connect(&target);
                 let udp = std::net::UdpSocket::bind("0.0.0.0:0");
                 let dns = std::net::ToSocketAddrs::to_socket_addrs(&("localhost", 80));
@@ -168,7 +168,7 @@ impl handler_sdk::Guest for Hostile {
             "call" => {
                 // The value is a JSON array of paths; each result becomes an event.
                 let paths: Vec<String> =
-                    serde_json::from_str(&value_str(&record)).map_err(|e| HandlerError::Reject(e.to_string()))?;
+                    serde_json::from_str(&value_str(record)).map_err(|e| HandlerError::Reject(e.to_string()))?;
                 for path in paths {
                     let result = match call(&path) {
                         Ok(r) => {
@@ -182,7 +182,7 @@ impl handler_sdk::Guest for Hostile {
             }
             "big-body" => {
                 // POSTs a body of the value's number of bytes; the result becomes an event.
-                let size: usize = value_str(&record).parse().unwrap_or(0);
+                let size: usize = value_str(record).parse().unwrap_or(0);
                 let result = producer_api::call(&Request {
                     method: Method::Post,
                     path: "/producer-svc/tokens".into(),
@@ -199,7 +199,7 @@ impl handler_sdk::Guest for Hostile {
             "call-headers" => {
                 // The value is a JSON array of [name, value] pairs to send on one call.
                 let headers: Vec<(String, String)> =
-                    serde_json::from_str(&value_str(&record)).map_err(|e| HandlerError::Reject(e.to_string()))?;
+                    serde_json::from_str(&value_str(record)).map_err(|e| HandlerError::Reject(e.to_string()))?;
                 let result = producer_api::call(&Request {
                     method: Method::Post,
                     path: "/echo".into(),

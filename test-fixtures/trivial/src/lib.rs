@@ -6,7 +6,7 @@ use handler_sdk::{HandlerError, KafkaRecord};
 struct Trivial;
 
 impl handler_sdk::Guest for Trivial {
-    fn handle(record: KafkaRecord) -> Result<(), HandlerError> {
+    fn handle(record: &KafkaRecord) -> Result<(), HandlerError> {
         let sum =
             record.key.iter().chain(record.value.iter()).flatten().fold(0u32, |acc, b| acc.wrapping_add(u32::from(*b)));
         if record.value.as_ref().is_none_or(Vec::is_empty) {
