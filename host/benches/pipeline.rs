@@ -273,8 +273,3 @@ impl MockRef {
         monitor.join().expect("monitor")
     }
 }
-
-// The host binary's allocator (see host/src/main.rs), so the host here allocates as it does in
-// production.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

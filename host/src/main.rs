@@ -11,12 +11,6 @@ use host::runtime::HandlerLimits;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-// Every record costs the pipeline a few allocations (its topic, key, value and headers) and as
-// many frees, on whichever tokio worker runs its partition: mimalloc's per-thread heaps serve
-// them faster than glibc's malloc (docs/BENCHMARKS.md has the figures).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(name = "host", version, about = "Kafka consumer that runs a WebAssembly component per topic")]
 struct Cli {
