@@ -1,7 +1,7 @@
 //! Per-record cost of the sandbox: one `handle` call with a 1 KiB value through a `Worker`, under
 //! the `reuse` and `fresh` instance policies, next to the same logic compiled natively and called
 //! the same way (through an async call on the same runtime), and per record in a batch of 64
-//! (`handle-batch`, one call for all). Figures go to docs/BENCHMARKS.md.
+//! (`handle-packed`, one call for all). Figures go to docs/BENCHMARKS.md.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use host::producer_api::ProducerClient;

@@ -58,7 +58,7 @@ pub struct Metrics {
     pub reloads: Family<KindLabels, Counter>,
     /// Consumer lag per partition, from librdkafka's statistics.
     pub consumer_lag: Family<PartitionLabels, Gauge>,
-    /// Batch calls (`handle-packed` or `handle-batch`) by topic and result (`handled`; `failed`: its records were then
+    /// Batches (wasm: `handle-packed` or `handle-batch` calls; native benchmark handlers too) by topic and result (`handled`; `failed`: its records were then
     /// handled one by one).
     pub batches: Family<KindLabels, Counter>,
     /// Records handled in batches (that came back with a result), by topic.
@@ -108,7 +108,7 @@ impl Default for Metrics {
         registry.register("consumer_lag", "Records behind the high watermark, per partition", m.consumer_lag.clone());
         registry.register(
             "batches",
-            "Batch calls (handle-packed or handle-batch) by topic and result (handled; failed: its records then went one by one)",
+            "Batches (handle-packed or handle-batch calls) by topic and result (handled; failed: its records then went one by one)",
             m.batches.clone(),
         );
         registry.register("batched_records", "Records handled in batches", m.batched_records.clone());

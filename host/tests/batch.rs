@@ -1,4 +1,5 @@
-//! Batches (`handle-batch`, the contract's `batch-handler` world) through the real pipeline on
+//! Batches (`handle-packed`, the contract's `packed-batch-handler` world, which the SDK's
+//! components target) through the real pipeline on
 //! librdkafka's mock cluster: records already waiting go to the handler several at a time, yet
 //! each keeps its own outcome, order, producer-call idempotency keys, events and time limit; a
 //! batch that traps is redone record by record with nothing counted twice; and components built

@@ -2,8 +2,9 @@
 //! WIT contract: every field of every record in a batch reaches the guest exactly as it does
 //! when the record is handed over alone with `handle`, for arbitrary records (no key, tombstones,
 //! empty and binary values, repeated and non-ASCII header keys, binary header values, any
-//! timestamp). The guest is the hostile fixture, whose `describe` misdeed (also what it does with
-//! a record that has no key) publishes every field it received as an event.
+//! timestamp, any attempt). The guest is the hostile fixture, whose `describe` misdeed (keys
+//! starting with `describe`, and records with no key or an empty one) publishes every field it
+//! received as an event.
 
 mod support;
 
@@ -36,11 +37,16 @@ fn batch() -> impl Strategy<Value = Vec<Record>> {
     let header =
         ("\\PC{0,8}", prop::collection::vec(any::<u8>(), 0..16)).prop_map(|(key, value)| Header { key, value });
     let record = (
-        prop::option::of(Just(b"describe".to_vec())),
+        // No key, an empty one, or `describe` and any bytes (the fixture describes all three).
+        prop_oneof![
+            Just(None),
+            Just(Some(Vec::new())),
+            prop::collection::vec(any::<u8>(), 0..24).prop_map(|tail| Some([b"describe".as_slice(), &tail].concat())),
+        ],
         prop::option::of(prop::collection::vec(any::<u8>(), 0..300)),
         prop::option::of(any::<i64>()),
         prop::collection::vec(header, 0..4),
-        1u32..5,
+        any::<u32>(),
     );
     (0i32..16, 0i64..1 << 40, prop::collection::vec(record, 1..8)).prop_map(|(partition, start, records)| {
         records

@@ -15,7 +15,8 @@
 //!
 //! The component targets the contract's `packed-batch-handler` world: besides `handle`, it
 //! exports `handle-packed`, which this crate implements by decoding the packed records one at a
-//! time (into the buffers of the record before, so a batch allocates little) and calling
+//! time (into the buffers of the record before, so a batch allocates only where a record has
+//! a field or header the one before lacked) and calling
 //! [`Guest::handle`] for each in turn (telling the host between records), stopping at the first
 //! that does not end `ok`. A handler written with this crate gets batches
 //! for free and needs no state of its own for them.
@@ -52,9 +53,10 @@ pub trait Guest {
 /// batch's records one by one with `handle`).
 pub fn handle_packed<G: Guest>(records: PackedRecords) -> Vec<Result<(), HandlerError>> {
     let count = records.count as usize;
+    // Never trust the count with an allocation: no record takes less than 17 bytes.
+    let mut results = Vec::with_capacity(count.min(records.data.len() / packed::MIN_RECORD_BYTES));
     let mut decoder = packed::Decoder::new(records);
     let mut record = decoder.blank();
-    let mut results = Vec::with_capacity(count);
     for i in 0..count {
         // The host may end the batch between two records (it is stopping).
         if i > 0 && !bindings::kafka_wasm::handler::batch::next_record() {

@@ -3,6 +3,9 @@
 
 use crate::{Header, KafkaRecord, PackedRecords};
 
+/// The fewest bytes a record takes: offset, attempt, flags and the header count.
+pub const MIN_RECORD_BYTES: usize = 8 + 4 + 1 + 4;
+
 /// Flag bit: a timestamp follows.
 const HAS_TIMESTAMP: u8 = 1;
 /// Flag bit: a key follows.
@@ -57,7 +60,7 @@ impl Decoder {
     }
 
     /// Decodes the next record into `record` (one from [`Decoder::blank`]), reusing its
-    /// buffers: a batch of similar records allocates only for its first.
+    /// buffers: a batch of records with the same fields allocates only for its first.
     pub fn read_into(&mut self, record: &mut KafkaRecord) -> Result<(), DecodeError> {
         record.offset = i64::from_le_bytes(self.array()?);
         record.attempt = u32::from_le_bytes(self.array()?);

@@ -49,6 +49,10 @@ pub enum BatchInvocation {
 /// deadline is checked): with the default 5 ms tick, every 10 ms.
 const SLICE_TICKS: u64 = 2;
 
+/// The most packing-buffer capacity a worker keeps between batches (one per partition; a batch
+/// may take up to `max_batch_bytes`).
+const KEEP_PACKED_BYTES: usize = 256 * 1024;
+
 /// One partition's handler runner.
 pub struct Worker {
     module: HandlerModule,
@@ -202,7 +206,10 @@ impl Worker {
         let called = match (&live.exports, packed) {
             (Exports::Packed(exports), Some(packed)) => {
                 let called = exports.call_handle_packed(&mut live.store, &packed).await;
-                self.packed = packed.data;
+                // Kept for the next batch, unless an unusually large batch grew it.
+                if packed.data.capacity() <= KEEP_PACKED_BYTES {
+                    self.packed = packed.data;
+                }
                 called
             }
             (Exports::Batch(exports), _) => exports.call_handle_batch(&mut live.store, records).await,

@@ -48,12 +48,9 @@ impl handler_sdk::Guest for Hostile {
         let key = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned();
         match key.as_str() {
             "ok" => Ok(()),
-            // A record with no key is described too (a key is how the other misdeeds are named).
-            _ if record.key.is_none() => {
-                describe(record);
-                Ok(())
-            }
-            "describe" => {
+            // A record with no key or an empty one is described too, as is any key that starts
+            // with `describe` (a key is how the other misdeeds are named).
+            k if record.key.as_ref().is_none_or(Vec::is_empty) || k.starts_with("describe") => {
                 describe(record);
                 Ok(())
             }
