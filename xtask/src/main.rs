@@ -67,6 +67,8 @@ fn test() -> anyhow::Result<()> {
     xtask::deploy::lint()?;
     step("tests");
     run(cargo().current_dir(&root).args(["test", "--workspace"]))?;
+    // The SDK's own unit tests (its packed-records decoder) run natively: they call no import.
+    run(cargo().current_dir(root.join("handlers")).args(["test", "-p", "handler-sdk", "--lib"]))?;
     step("demo: the full chain for 50 users through real processes on the embedded broker");
     let options = xtask::demo::Options { users: Some(50), exit: true, timeout: std::time::Duration::from_secs(120) };
     xtask::demo::run(options, stop_flag()?)?;

@@ -132,3 +132,96 @@ impl Decoder {
         self.take(len as usize)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Encodes one record the way the contract documents (see `wit/handler.wit`).
+    fn encode(
+        out: &mut Vec<u8>,
+        offset: i64,
+        attempt: u32,
+        ts: Option<i64>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, &[u8])],
+    ) {
+        out.extend_from_slice(&offset.to_le_bytes());
+        out.extend_from_slice(&attempt.to_le_bytes());
+        let flags = u8::from(ts.is_some()) | u8::from(key.is_some()) << 1 | u8::from(value.is_some()) << 2;
+        out.push(flags);
+        if let Some(ts) = ts {
+            out.extend_from_slice(&ts.to_le_bytes());
+        }
+        for bytes in [key, value].into_iter().flatten() {
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
+        for (k, v) in headers {
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            out.extend_from_slice(v);
+        }
+    }
+
+    fn decoder(data: Vec<u8>, count: u32) -> Decoder {
+        Decoder::new(PackedRecords { topic: "orders".into(), partition: 2, count, data })
+    }
+
+    #[test]
+    fn a_record_decoded_into_the_buffers_of_a_fuller_one_keeps_nothing_of_it() {
+        let mut data = Vec::new();
+        encode(&mut data, 7, 3, Some(-1), Some(b"k"), Some(b"value"), &[("a", b"1"), ("b", b"")]);
+        encode(&mut data, 8, 1, None, None, None, &[]);
+        encode(&mut data, 9, 2, None, Some(b""), Some(b"v"), &[("c", &[0xff])]);
+        let mut decoder = decoder(data, 3);
+        let mut record = decoder.blank();
+        decoder.read_into(&mut record).expect("first");
+        assert_eq!((record.offset, record.attempt, record.timestamp_ms), (7, 3, Some(-1)));
+        assert_eq!((record.key.as_deref(), record.value.as_deref()), (Some(&b"k"[..]), Some(&b"value"[..])));
+        assert_eq!(record.headers.len(), 2);
+        decoder.read_into(&mut record).expect("second");
+        assert_eq!((record.offset, record.attempt, record.timestamp_ms), (8, 1, None));
+        assert_eq!((record.key.as_deref(), record.value.as_deref(), record.headers.len()), (None, None, 0));
+        decoder.read_into(&mut record).expect("third");
+        assert_eq!((record.key.as_deref(), record.value.as_deref()), (Some(&b""[..]), Some(&b"v"[..])));
+        assert_eq!(record.headers.len(), 1);
+        assert_eq!((record.headers[0].key.as_str(), record.headers[0].value.as_slice()), ("c", &[0xff][..]));
+        assert_eq!((record.topic.as_str(), record.partition), ("orders", 2));
+        decoder.finish().expect("nothing left over");
+    }
+
+    #[test]
+    fn malformed_buffers_are_errors_that_say_where() {
+        let mut one = Vec::new();
+        encode(&mut one, 1, 1, None, Some(b"key"), None, &[("h", b"v")]);
+        let read = |data: Vec<u8>| {
+            let mut decoder = decoder(data, 1);
+            let mut record = decoder.blank();
+            decoder.read_into(&mut record).and_then(|()| decoder.finish())
+        };
+        assert_eq!(read(one.clone()), Ok(()));
+        // Cut anywhere, the buffer ends inside the record.
+        for cut in 0..one.len() {
+            let error = read(one[..cut].to_vec()).expect_err("a short buffer");
+            assert_eq!(error.what, "the buffer ends inside a record", "cut at {cut}");
+        }
+        let mut flags = one.clone();
+        flags[12] |= 8;
+        assert_eq!(read(flags).map_err(|e| (e.what, e.at)), Err(("unknown flags", 13)));
+        let mut left_over = one.clone();
+        left_over.push(0);
+        assert_eq!(read(left_over).map_err(|e| e.what), Err("bytes after the last record"));
+        let mut not_utf8 = Vec::new();
+        encode(&mut not_utf8, 1, 1, None, None, None, &[]);
+        not_utf8.truncate(not_utf8.len() - 4);
+        not_utf8.extend_from_slice(&1u32.to_le_bytes());
+        not_utf8.extend_from_slice(&1u32.to_le_bytes());
+        not_utf8.push(0xff);
+        not_utf8.extend_from_slice(&0u32.to_le_bytes());
+        assert_eq!(read(not_utf8).map_err(|e| e.what), Err("a header key that is not UTF-8"));
+    }
+}
