@@ -83,9 +83,7 @@ impl Decoder {
             let header = &mut record.headers[i];
             header.key.clear();
             header.key.push_str(key);
-            header.value.clear();
-            let value = self.bytes()?;
-            header.value.extend_from_slice(value);
+            self.bytes_into(&mut header.value)?;
         }
         Ok(())
     }
@@ -114,10 +112,14 @@ impl Decoder {
             *into = None;
             return Ok(());
         }
+        self.bytes_into(into.get_or_insert_default())
+    }
+
+    /// Reads a length-prefixed field into `into`, replacing what it held (its buffer is reused).
+    fn bytes_into(&mut self, into: &mut Vec<u8>) -> Result<(), DecodeError> {
         let bytes = self.bytes()?;
-        let buffer = into.get_or_insert_default();
-        buffer.clear();
-        buffer.extend_from_slice(bytes);
+        into.clear();
+        into.extend_from_slice(bytes);
         Ok(())
     }
 

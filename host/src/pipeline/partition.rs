@@ -1,7 +1,7 @@
 //! One task per assigned partition: takes the partition's records in offset order, runs each
-//! through the topic's handler with in-place retries (several at once, in one batch call
-//! (`handle-packed` or `handle-batch`), when the handler takes batches and records are waiting), hands failures on to the retry or
-//! dead-letter topic, sends its events to the events topic when one is configured, and stores
+//! through the topic's handler with in-place retries (several at once, in one batch call,
+//! `handle-packed` or `handle-batch`, when the handler takes batches and records are waiting),
+//! hands failures on to the retry or dead-letter topic, sends its events to the events topic when one is configured, and stores
 //! the record's offset only once its outcome is final.
 
 use super::Shared;
@@ -253,11 +253,12 @@ fn gather_batch(
                 None => break,
             },
         };
-        if bytes + size(&next) > max_bytes {
+        let next_bytes = size(&next);
+        if bytes + next_bytes > max_bytes {
             pending.push_front(next);
             break;
         }
-        bytes += size(&next);
+        bytes += next_bytes;
         batch.push(next);
     }
     if batch.len() == 1 {

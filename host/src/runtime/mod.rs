@@ -1,6 +1,7 @@
 //! The sandbox: a wasmtime engine shared by every handler ([`engine`]), handlers compiled and
-//! checked once ([`module`]), batches packed for `handle-packed` ([`packed`]), per-partition runners that apply the instance policy and limits
-//! ([`worker`]), the store data and host imports ([`state`]), and the named limits ([`config`]).
+//! checked once ([`module`]), batches packed for `handle-packed` ([`packed`]), per-partition
+//! runners that apply the instance policy and limits ([`worker`]), the store data and host
+//! imports ([`state`]), and the named limits ([`config`]).
 
 pub mod config;
 pub mod engine;

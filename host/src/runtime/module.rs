@@ -1,6 +1,6 @@
 //! A loaded handler: a component compiled once, checked against the `packed-batch-handler`,
-//! `batch-handler` or `handler` world and pre-instantiated, with its digest and limits. Cheap to clone and share between partition
-//! workers; a swap replaces the whole value, never part of it.
+//! `batch-handler` or `handler` world and pre-instantiated, with its digest and limits. Cheap to
+//! clone and share between partition workers; a swap replaces the whole value, never part of it.
 
 use super::config::{HandlerLimits, InvalidLimit};
 use super::engine::WasmEngine;

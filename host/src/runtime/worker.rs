@@ -7,8 +7,9 @@
 //! make `invoke` fail or panic.
 //!
 //! A `packed-batch-handler` or `batch-handler` component under `reuse` can also take several
-//! records in one call ([`Worker::invoke_batch`], packed with [`packed::pack`] for the former): one entry into the sandbox for many records, with each record's
-//! outcome, calls, events and time limit still its own.
+//! records in one call ([`Worker::invoke_batch`], packed with [`packed::pack`] for the former):
+//! one entry into the sandbox for many records, with each record's outcome, calls, events and
+//! time limit still its own.
 
 use super::config::{HandlerLimits, InstancePolicy};
 use super::module::{HandlerModule, Pre};
@@ -161,8 +162,8 @@ impl Worker {
     }
 
     /// Runs `records` (consecutive records of one partition, in offset order) through the
-    /// handler's `handle-packed` or `handle-batch` in one call. Each record has its own time limit, call and event
-    /// caps and idempotency keys, as with [`Worker::invoke`]. When `stop` turns true, the batch
+    /// handler's `handle-packed` or `handle-batch` in one call. Each record has its own time
+    /// limit, call and event caps and idempotency keys, as with [`Worker::invoke`]. When `stop` turns true, the batch
     /// ends at the next record boundary (the records handled so far are reported). Only for a
     /// worker that [`takes_batches`](Worker::takes_batches); otherwise the batch is reported failed.
     pub async fn invoke_batch(
