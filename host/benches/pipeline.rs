@@ -144,11 +144,27 @@ fn steady_state(handled: impl Fn() -> u64) -> Run {
     };
     let (from, started) = mark(FROM);
     let cpu = cpu_time::ProcessTime::now();
+    perf_control("enable");
     let (to, ended) = mark(TO);
+    perf_control("disable");
     let cpu = cpu.elapsed();
     mark(1.0);
     let records = (to - from) as f64;
     Run { rate: records / (ended - started).as_secs_f64(), cpu_us: cpu.as_secs_f64() * 1e6 / records, batch: 0.0 }
+}
+
+/// With `PERF_CTL=<control fifo>,<ack fifo>` (a `perf record -D -1 --control
+/// fifo:<control>,<ack>` around the benchmark), turns perf's sampling on or off, so a profile
+/// covers the timed steady states only.
+fn perf_control(command: &str) {
+    use std::io::{Read, Write};
+    let Ok(fifos) = std::env::var("PERF_CTL") else { return };
+    let Some((control, ack)) = fifos.split_once(',') else { return };
+    let sent = std::fs::OpenOptions::new().write(true).open(control).and_then(|mut f| writeln!(f, "{command}"));
+    let mut reply = [0u8; 5];
+    if sent.is_err() || std::fs::File::open(ack).and_then(|mut f| f.read_exact(&mut reply)).is_err() {
+        eprintln!("PERF_CTL: cannot {command} perf through {fifos}");
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -14,6 +14,7 @@ mod packed_world {
         imports: {
             "kafka-wasm:handler/producer-api.call": async,
             "kafka-wasm:handler/batch.next-record": trappable,
+            "kafka-wasm:handler/batch.advance": trappable,
         },
         exports: {
             default: async,

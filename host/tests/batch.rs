@@ -266,3 +266,32 @@ async fn a_component_built_against_the_0_1_1_contract_gets_its_batches_through_h
         invocations[0].outcome
     );
 }
+
+#[tokio::test]
+async fn a_component_built_against_the_0_1_2_contract_steps_record_by_record_with_next_record() {
+    let engine = support::engine();
+    let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hostile-0.1.2.wasm");
+    let module = support::load(&engine, &old, host::runtime::HandlerLimits::default());
+    assert_eq!(module.world(), "packed-batch-handler", "built before `advance`, it calls `next-record`");
+    let mut worker = host::runtime::Worker::new(module, host::producer_api::ProducerClient::unconfigured());
+    // Quick records with and without events, and a rejection that ends the batch.
+    let keys = ["ok", "describe", "ok", "ok", "describe", "reject", "ok"];
+    let records: Vec<_> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| host::record::Record { offset: 10 + i as i64, ..support::record("orders", key, "v") })
+        .collect();
+    let host::runtime::BatchInvocation::Handled(invocations) = worker.invoke_batch(&records, None).await else {
+        panic!("the batch failed")
+    };
+    assert_eq!(invocations.len(), 6, "the batch ends at the rejection");
+    for (i, invocation) in invocations.iter().enumerate() {
+        let offsets: Vec<i64> = invocation.events.iter().map(|e| e.offset).collect();
+        match keys[i] {
+            "describe" => assert_eq!(offsets, [10 + i as i64], "record {i}'s own event"),
+            _ => assert!(offsets.is_empty(), "record {i}: no event"),
+        }
+        let ok = keys[i] != "reject";
+        assert_eq!(invocation.outcome == host::record::Outcome::Ok, ok, "record {i}: {:?}", invocation.outcome);
+    }
+}

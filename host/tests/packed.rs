@@ -4,7 +4,8 @@
 //! empty and binary values, repeated and non-ASCII header keys, binary header values, any
 //! timestamp, any attempt). The guest is the hostile fixture, whose `describe` misdeed (keys
 //! starting with `describe`, and records with no key or an empty one) publishes every field it
-//! received as an event.
+//! received as an event, and whose `ok` records use no import: the SDK steps over those
+//! (`advance`), so the events must still reach the host as the right record's.
 
 mod support;
 
@@ -32,23 +33,41 @@ fn reported(outcome: &Outcome, events: &[host::record::Event]) -> serde_json::Va
     serde_json::from_str(&events[0].payload).expect("json")
 }
 
+/// What the fixture should report for `record` through the host: `ok` and no event for an `ok`
+/// record, else its `described` event.
+fn expected(record: &Record) -> Option<serde_json::Value> {
+    (record.key.as_deref() != Some(b"ok".as_slice())).then(|| described(record))
+}
+
+/// What an invocation reported: `None` for `ok` without events, else the `described` event.
+fn got(outcome: &Outcome, events: &[host::record::Event]) -> Option<serde_json::Value> {
+    if events.is_empty() {
+        assert_eq!(outcome, &Outcome::Ok);
+        return None;
+    }
+    Some(reported(outcome, events))
+}
+
 /// Consecutive records of one partition with arbitrary contents.
 fn batch() -> impl Strategy<Value = Vec<Record>> {
     let header =
         ("\\PC{0,8}", prop::collection::vec(any::<u8>(), 0..16)).prop_map(|(key, value)| Header { key, value });
     let record = (
-        // No key, an empty one, or `describe` and any bytes (the fixture describes all three).
+        // No key, an empty one, or `describe` and any bytes (the fixture describes all three),
+        // or `ok` (a record that uses no import).
         prop_oneof![
-            Just(None),
-            Just(Some(Vec::new())),
-            prop::collection::vec(any::<u8>(), 0..24).prop_map(|tail| Some([b"describe".as_slice(), &tail].concat())),
+            1 => Just(None),
+            1 => Just(Some(Vec::new())),
+            1 => prop::collection::vec(any::<u8>(), 0..24)
+                .prop_map(|tail| Some([b"describe".as_slice(), &tail].concat())),
+            3 => Just(Some(b"ok".to_vec())),
         ],
         prop::option::of(prop::collection::vec(any::<u8>(), 0..300)),
         prop::option::of(any::<i64>()),
         prop::collection::vec(header, 0..4),
         any::<u32>(),
     );
-    (0i32..16, 0i64..1 << 40, prop::collection::vec(record, 1..8)).prop_map(|(partition, start, records)| {
+    (0i32..16, 0i64..1 << 40, prop::collection::vec(record, 1..24)).prop_map(|(partition, start, records)| {
         records
             .into_iter()
             .enumerate()
@@ -86,11 +105,40 @@ fn every_field_of_every_record_reaches_the_guest_in_a_packed_batch_as_it_does_al
             };
             prop_assert_eq!(invocations.len(), records.len(), "every record handled");
             for (record, invocation) in records.iter().zip(&invocations) {
-                prop_assert_eq!(reported(&invocation.outcome, &invocation.events), described(record));
+                prop_assert_eq!(got(&invocation.outcome, &invocation.events), expected(record));
                 let alone = runtime.block_on(worker.borrow_mut().invoke(record));
-                prop_assert_eq!(reported(&alone.outcome, &alone.events), described(record), "alone, the same");
+                prop_assert_eq!(got(&alone.outcome, &alone.events), expected(record), "alone, the same");
             }
             Ok(())
         })
         .expect("property");
+}
+
+#[tokio::test]
+async fn records_that_use_no_import_share_a_step_and_the_ones_that_do_keep_their_own_events() {
+    let engine = support::engine();
+    let module = support::load(&engine, &fixture("hostile"), HandlerLimits::default());
+    let mut worker = Worker::new(module, host::producer_api::ProducerClient::unconfigured());
+    // Records 5, 6 and 17 publish an event (`describe`), the others use no import.
+    let records: Vec<Record> = (0..40)
+        .map(|i| {
+            let key = if [5, 6, 17].contains(&i) { "describe" } else { "ok" };
+            Record { offset: 100 + i, ..support::record("orders", key, "v") }
+        })
+        .collect();
+    let BatchInvocation::Handled(invocations) = worker.invoke_batch(&records, None).await else {
+        panic!("the batch failed");
+    };
+    assert_eq!(invocations.len(), records.len());
+    for (record, invocation) in records.iter().zip(&invocations) {
+        assert_eq!(got(&invocation.outcome, &invocation.events), expected(record), "offset {}", record.offset);
+    }
+    // Record 0 is a step of its own; then 1-4 share one (ended by 5's event), 5 and 6 have
+    // their own, 7-16 share one, and 18-39 the last: the records of a step share its time.
+    let durations: Vec<_> = invocations.iter().map(|i| i.duration).collect();
+    for step in [1..5, 7..17, 18..40] {
+        let first = durations[step.start];
+        assert!(durations[step.clone()].iter().all(|d| *d == first), "one step {step:?}: {durations:?}");
+    }
+    assert_ne!(durations[4], durations[7], "separate steps: {durations:?}");
 }

@@ -17,7 +17,8 @@
 //! exports `handle-packed`, which this crate implements by decoding the packed records one at a
 //! time (into the buffers of the record before, so a batch allocates only where a record has
 //! a field or header the one before lacked) and calling
-//! [`Guest::handle`] for each in turn (telling the host between records), stopping at the first
+//! [`Guest::handle`] for each in turn (telling the host where it is only when it must: see the
+//! contract's `advance`), stopping at the first
 //! that does not end `ok`. A handler written with this crate gets batches
 //! for free and needs no state of its own for them.
 
@@ -33,10 +34,48 @@ pub mod bindings {
     });
 }
 
-pub use bindings::kafka_wasm::handler::producer_api::{self, CallError, Method, Request, Response};
-pub use bindings::kafka_wasm::handler::runtime::{self, Level, log, publish_event};
 pub use bindings::kafka_wasm::handler::types::{Header, PackedRecords};
 pub use bindings::{HandlerError, KafkaRecord};
+pub use producer_api::{CallError, Method, Request, Response};
+pub use runtime::{Level, log, publish_event};
+
+/// The contract's `producer-api`: calls to the producer service.
+pub mod producer_api {
+    pub use crate::bindings::kafka_wasm::handler::producer_api::{CallError, Method, Request, Response};
+
+    /// Sends one request to the producer service and waits for its response (the contract's
+    /// `call`). In a batch, the record gets a step of its own first (see the contract's
+    /// `advance`); if the host ends the batch there instead, nothing is sent, and the record's
+    /// result will not count.
+    pub fn call(request: &Request) -> Result<Response, CallError> {
+        if !crate::steps::before_import() {
+            return Err(CallError::Denied("the host ended the batch before this record".into()));
+        }
+        crate::bindings::kafka_wasm::handler::producer_api::call(request)
+    }
+}
+
+/// The contract's `runtime`: logging and the live event stream.
+pub mod runtime {
+    use crate::bindings::kafka_wasm::handler::runtime as host;
+    pub use crate::bindings::kafka_wasm::handler::runtime::Level;
+
+    /// Writes a log line (the contract's `log`); in a batch, as for
+    /// [`producer_api::call`](crate::producer_api::call).
+    pub fn log(level: Level, message: &str) {
+        if crate::steps::before_import() {
+            host::log(level, message);
+        }
+    }
+
+    /// Publishes an event (the contract's `publish-event`); in a batch, as for
+    /// [`producer_api::call`](crate::producer_api::call).
+    pub fn publish_event(kind: &str, payload: &str) {
+        if crate::steps::before_import() {
+            host::publish_event(kind, payload);
+        }
+    }
+}
 
 /// A record handler: what a component built with this crate implements.
 pub trait Guest {
@@ -47,7 +86,7 @@ pub trait Guest {
 }
 
 /// Handles packed records with `G`: each record in turn, decoded just before it is handled,
-/// `next-record` between two, stopping at the first that does not end `ok` (its error is the
+/// `advance` when the host's step is used up or a record used an import, stopping at the first that does not end `ok` (its error is the
 /// last result) or when the host ends the batch. See the contract's `handle-packed`. Records
 /// that do not decode are the host's bug: this panics (the call traps, and the host handles the
 /// batch's records one by one with `handle`).
@@ -57,15 +96,21 @@ pub fn handle_packed<G: Guest>(records: PackedRecords) -> Vec<Result<(), Handler
     let mut results = Vec::with_capacity(count.min(records.data.len() / packed::MIN_RECORD_BYTES));
     let mut decoder = packed::Decoder::new(records);
     let mut record = decoder.blank();
+    let batch = steps::Batch::begin();
     for i in 0..count {
-        // The host may end the batch between two records (it is stopping).
-        if i > 0 && !bindings::kafka_wasm::handler::batch::next_record() {
+        // Tells the host when the step is used up or the record before used an import; the
+        // host may end the batch there (it is stopping).
+        if !batch.start(u32::try_from(i).unwrap_or(u32::MAX)) {
             break;
         }
         if let Err(e) = decoder.read_into(&mut record) {
             panic!("undecodable packed records: {e}");
         }
         let result = G::handle(&record);
+        if batch.abandoned() {
+            // The host ended the batch before this record, at its first import call.
+            break;
+        }
         let last = result.is_err();
         results.push(result);
         if last {
@@ -105,6 +150,7 @@ macro_rules! export {
 }
 
 pub mod packed;
+mod steps;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

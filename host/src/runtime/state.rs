@@ -3,7 +3,8 @@
 //! One [`HostState`] per instance: the WASI context (empty: no files, environment or sockets), the
 //! memory cap, the instance's limits, the producer client, and the per-record [`CallContext`] that
 //! collects the calls, events and log counts of the record being handled (and, in a batch, of the
-//! records before it, as [`RecordTrace`]s).
+//! records before it, as [`RecordTrace`]s, and the step the guest is in: see the contract's
+//! `advance`).
 
 use super::config::HandlerLimits;
 use crate::bindings::batch;
@@ -39,11 +40,18 @@ pub struct CallContext {
     pub deadline_hit: bool,
     /// In a batch, the offsets of its records (empty for a single record).
     pub offsets: Vec<i64>,
-    /// In a batch, the index of the current record.
+    /// In a batch, the index of the current step's first record (the record `next-record` or
+    /// `advance` last started).
     pub index: usize,
+    /// In a batch, the index the guest may `advance` to at most (one past the last record the
+    /// current step may take).
+    pub step_end: usize,
+    /// In a batch, set when `next-record` or `advance` ended it: the number of records that have
+    /// results.
+    pub ended_at: Option<usize>,
     /// In a batch, what each record before the current one collected.
     pub finished: Vec<RecordTrace>,
-    /// When the current record started.
+    /// When the current record (in a batch, the current step) started.
     pub record_started: Option<std::time::Instant>,
     /// In a batch, set when the host wants it to end at the next record boundary.
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
@@ -125,6 +133,8 @@ impl HostState {
         self.ctx.stop = None;
         self.ctx.offsets.clear();
         self.ctx.index = 0;
+        self.ctx.step_end = 1;
+        self.ctx.ended_at = None;
         self.ctx.finished.clear();
         self.ctx.record_started = Some(started);
         self.ctx.deadline = Some(started + self.limits.call_timeout());
@@ -141,7 +151,7 @@ impl HostState {
     }
 
     /// Starts a batch of `offsets` (consecutive records of `topic`/`partition`) at its first
-    /// record; `next-record` moves on, unless `stop` has turned true.
+    /// record; `next-record` and `advance` move on, unless `stop` has turned true.
     pub fn begin_batch(
         &mut self,
         topic: &str,
@@ -165,36 +175,105 @@ impl HostState {
             duration: self.ctx.record_started.map_or_else(Default::default, |s| now - s),
         }
     }
+
+    /// Ends the current step at `now`, as records `index..end` of the batch: its first record
+    /// gets what the step collected, and each an equal part of its time.
+    fn end_step(&mut self, end: usize, now: std::time::Instant) {
+        let records = end.saturating_sub(self.ctx.index).max(1);
+        let mut first = self.take_trace(now);
+        let share = first.duration / u32::try_from(records).unwrap_or(u32::MAX);
+        first.duration = share;
+        self.ctx.finished.push(first);
+        for _ in 1..records {
+            self.ctx.finished.push(RecordTrace { duration: share, ..RecordTrace::default() });
+        }
+    }
+
+    /// After the guest returned `results` results: one [`RecordTrace`] per record with a
+    /// result, in order, or `None` when that many results break the batch contract (more than
+    /// the steps allowed, fewer than the records begun, or not the records before the index at
+    /// which the host ended the batch).
+    pub fn finish_batch(&mut self, results: usize, now: std::time::Instant) -> Option<Vec<RecordTrace>> {
+        let allowed = match self.ctx.ended_at {
+            Some(end) => results == end,
+            None => results > self.ctx.index && results <= self.ctx.step_end,
+        };
+        if !allowed {
+            return None;
+        }
+        if results > self.ctx.index {
+            self.end_step(results, now);
+        }
+        Some(std::mem::take(&mut self.ctx.finished))
+    }
+
+    /// A producer-api or runtime import was called: in a batch, the current step ends with its
+    /// first record (what the step did is attributed to it).
+    fn import_used(&mut self) {
+        self.ctx.step_end = self.ctx.step_end.min(self.ctx.index + 1);
+    }
+
+    /// `advance(index)` with `index` as a position in the batch.
+    fn advance_to(&mut self, index: usize) -> wasmtime::Result<usize> {
+        let count = self.ctx.offsets.len();
+        if self.ctx.ended_at.is_some() || index <= self.ctx.index || index >= count || index > self.ctx.step_end {
+            wasmtime::bail!(
+                "advance to record {index} (of {count}) is outside the batch, not after record {} or past record {} \
+                 that the last step allowed",
+                self.ctx.index,
+                self.ctx.step_end
+            );
+        }
+        // One clock read ends this step and starts the next.
+        let now = std::time::Instant::now();
+        // The step ran out of time in a host call (the epoch only interrupts guest code), or a
+        // producer call was cut short by the limit: its first record's outcome is `timeout`
+        // (such a record ends its step, so it is the step's only one), which ends the batch.
+        if self.ctx.deadline.is_some_and(|deadline| now >= deadline) {
+            self.ctx.deadline_hit = true;
+        }
+        let stopping = self.ctx.stop.as_ref().is_some_and(|stop| *stop.borrow());
+        if self.ctx.deadline_hit || stopping {
+            // The batch ends before `index`; the rest are delivered again.
+            self.ctx.ended_at = Some(index);
+            return Ok(0);
+        }
+        let step = now.saturating_duration_since(self.ctx.record_started.unwrap_or(now));
+        let per_record = step / u32::try_from(index - self.ctx.index).unwrap_or(u32::MAX);
+        self.end_step(index, now);
+        self.ctx.index = index;
+        self.ctx.offset = self.ctx.offsets[index];
+        self.ctx.record_started = Some(now);
+        self.ctx.deadline = Some(now + self.limits.call_timeout());
+        // Steps of about STEP_TIME at the pace so far (a quarter of the time limit if less),
+        // so that a step stays well inside its limit and a stop is seen soon.
+        let target = STEP_TIME.min(self.limits.call_timeout() / 4);
+        let stride = if per_record.is_zero() {
+            count
+        } else {
+            usize::try_from(target.as_nanos() / per_record.as_nanos()).unwrap_or(usize::MAX)
+        };
+        let stride = stride.clamp(1, count - index);
+        self.ctx.step_end = index + stride;
+        Ok(stride)
+    }
 }
+
+/// How long a step of a batch (records between two `advance` calls) is meant to take.
+const STEP_TIME: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl batch::Host for HostState {
     fn next_record(&mut self) -> wasmtime::Result<bool> {
         let next = self.ctx.index + 1;
-        let Some(&offset) = self.ctx.offsets.get(next) else {
+        if self.ctx.offsets.get(next).is_none() {
             wasmtime::bail!("next-record was called outside a batch or after the batch's last record");
-        };
-        // One clock read ends this record and starts the next.
-        let now = std::time::Instant::now();
-        // The record ran out of time in a host call (the epoch only interrupts guest code), or
-        // a producer call was cut short by the limit: its outcome is `timeout`, which ends the
-        // batch with it.
-        if self.ctx.deadline.is_some_and(|deadline| now >= deadline) {
-            self.ctx.deadline_hit = true;
         }
-        if self.ctx.deadline_hit {
-            return Ok(false);
-        }
-        if self.ctx.stop.as_ref().is_some_and(|stop| *stop.borrow()) {
-            // The batch ends with the current record; the rest are delivered again.
-            return Ok(false);
-        }
-        let trace = self.take_trace(now);
-        self.ctx.finished.push(trace);
-        self.ctx.index = next;
-        self.ctx.offset = offset;
-        self.ctx.record_started = Some(now);
-        self.ctx.deadline = Some(now + self.limits.call_timeout());
-        Ok(true)
+        Ok(self.advance_to(next)? > 0)
+    }
+
+    fn advance(&mut self, index: u32) -> wasmtime::Result<u32> {
+        let stride = self.advance_to(usize::try_from(index).unwrap_or(usize::MAX))?;
+        Ok(u32::try_from(stride).unwrap_or(u32::MAX))
     }
 }
 
@@ -229,6 +308,7 @@ impl From<CallError> for WitCallError {
 
 impl producer_api::Host for HostState {
     async fn call(&mut self, request: producer_api::Request) -> Result<producer_api::Response, WitCallError> {
+        self.import_used();
         let request =
             Request { method: request.method.into(), path: request.path, headers: request.headers, body: request.body };
         let mut summary = CallSummary {
@@ -274,6 +354,7 @@ impl producer_api::Host for HostState {
 
 impl host_runtime::Host for HostState {
     fn log(&mut self, level: Level, mut message: String) {
+        self.import_used();
         if self.ctx.log_lines >= self.limits.max_log_lines_per_record {
             self.ctx.dropped += 1;
             return;
@@ -296,6 +377,7 @@ impl host_runtime::Host for HostState {
     }
 
     fn publish_event(&mut self, kind: String, payload: String) {
+        self.import_used();
         let too_many = self.ctx.events.len() >= self.limits.max_events_per_record as usize;
         let too_big = payload.len() > self.limits.max_event_bytes as usize;
         let bad_kind = kind.is_empty() || kind.len() > 128 || kind.chars().any(char::is_control);
@@ -314,3 +396,78 @@ impl host_runtime::Host for HostState {
 }
 
 impl crate::bindings::types::Host for HostState {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::batch::Host as _;
+    use crate::bindings::host_runtime::Host as _;
+    use std::time::{Duration, Instant};
+
+    fn batch_of(records: i64) -> HostState {
+        let mut state = HostState::new(Arc::new(HandlerLimits::default()), ProducerClient::unconfigured());
+        state.begin_batch("orders", 0, 100..100 + records, None);
+        state
+    }
+
+    #[test]
+    fn a_batch_starts_with_a_step_of_one_record_and_quick_records_get_long_steps() {
+        let mut state = batch_of(64);
+        assert!(state.advance(2).is_err(), "record 0 is a step of its own");
+        let stride = state.advance(1).expect("advance");
+        assert!(stride > 1 && stride <= 63, "quick records: a long step ({stride})");
+        assert_eq!(state.ctx.offset, 101);
+        assert!(state.advance(1).is_err(), "not after the current step's first record");
+        assert!(state.advance(64).is_err(), "past the batch");
+    }
+
+    #[test]
+    fn slow_records_get_steps_of_one_and_an_import_ends_a_step_with_its_first_record() {
+        let mut state = batch_of(8);
+        // Record 0 took 20 ms: more than a step's worth.
+        state.ctx.record_started = Some(Instant::now() - Duration::from_millis(20));
+        assert_eq!(state.advance(1).expect("advance"), 1);
+        assert!(state.advance(3).is_err(), "past what the step allowed");
+        assert_eq!(state.advance(2).expect("advance"), 6, "quick again: the rest of the batch");
+        state.publish_event("kind".into(), "{}".into());
+        assert!(state.advance(4).is_err(), "the event ended the step at record 2");
+        assert!(state.advance(3).expect("advance") >= 1);
+        let traces = state.finish_batch(4, Instant::now()).expect("four results");
+        assert_eq!(traces.len(), 4);
+        assert_eq!(traces[2].events.len(), 1, "the event is record 2's");
+        assert!(traces.iter().enumerate().all(|(i, t)| i == 2 || t.events.is_empty()));
+    }
+
+    #[test]
+    fn the_results_must_match_the_steps() {
+        let mut state = batch_of(8);
+        assert!(state.finish_batch(2, Instant::now()).is_none(), "two results for a step of one");
+        let mut state = batch_of(8);
+        assert_eq!(state.finish_batch(1, Instant::now()).map(|t| t.len()), Some(1));
+        let mut state = batch_of(8);
+        state.advance(1).expect("advance");
+        state.advance(3).expect("advance");
+        assert!(state.finish_batch(3, Instant::now()).is_none(), "fewer results than records begun");
+        let mut state = batch_of(8);
+        state.advance(1).expect("advance");
+        assert!(state.finish_batch(8, Instant::now()).is_some(), "up to the end of the step");
+    }
+
+    #[test]
+    fn a_stop_ends_the_batch_before_the_record_asked_for() {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut state = HostState::new(Arc::new(HandlerLimits::default()), ProducerClient::unconfigured());
+        state.begin_batch("orders", 0, 0..8, Some(stopped));
+        assert!(state.advance(1).expect("advance") > 1);
+        stop.send_replace(true);
+        assert_eq!(state.advance(5).expect("advance"), 0, "ended before record 5");
+        assert!(state.advance(6).is_err(), "the batch is over");
+        assert!(state.finish_batch(6, Instant::now()).is_none(), "record 5 was never started");
+        assert_eq!(state.finish_batch(5, Instant::now()).map(|t| t.len()), Some(5), "records 0-4 have results");
+        let mut state = HostState::new(Arc::new(HandlerLimits::default()), ProducerClient::unconfigured());
+        let (_stop, stopped) = tokio::sync::watch::channel(true);
+        state.begin_batch("orders", 0, 0..8, Some(stopped));
+        assert_eq!(state.advance(1).expect("advance"), 0);
+        assert_eq!(state.finish_batch(1, Instant::now()).map(|t| t.len()), Some(1));
+    }
+}

@@ -8,8 +8,9 @@
 //!
 //! A `packed-batch-handler` or `batch-handler` component under `reuse` can also take several
 //! records in one call ([`Worker::invoke_batch`], packed with [`packed::pack`] for the former):
-//! one entry into the sandbox for many records, with each record's outcome, calls, events and
-//! time limit still its own.
+//! one entry into the sandbox for many records, with each record's outcome, calls and events
+//! still its own; quick records without imports go in steps (`advance`) that share their time
+//! and time limit.
 
 use super::config::{HandlerLimits, InstancePolicy};
 use super::module::{HandlerModule, Pre};
@@ -219,34 +220,38 @@ impl Worker {
 
         let state = live.store.data_mut();
         let deadline_hit = state.ctx.deadline_hit;
-        let last = state.take_trace(Instant::now());
-        let mut traces = std::mem::take(&mut state.ctx.finished);
-        traces.push(last);
-        let begun = traces.len();
         let results = match called {
             Ok(results) => results,
-            // A trap, the time limit or the memory cap, while on record number `begun`.
+            // A trap, the time limit or the memory cap, in the step that starts at this record.
             Err(error) => {
-                let outcome = classify(&error, live.store.data().memory.exceeded, &limits);
+                let outcome = classify(&error, state.memory.exceeded, &limits);
                 return BatchInvocation::Failed(format!(
-                    "record {begun} of {}: {}: {}",
+                    "in the step from record {} of {}: {}: {}",
+                    state.ctx.index + 1,
                     records.len(),
                     outcome.label(),
                     outcome.reason().unwrap_or_default()
                 ));
             }
         };
-        let broken = results.len() != begun || results.iter().rev().skip(1).any(Result::is_err);
-        if broken {
-            // The instance is not trusted with another record, and the module not with another
-            // batch: its records go one by one until the handler is swapped.
-            self.batches_off = true;
-            return BatchInvocation::Failed(format!(
-                "broken batch contract: {} results for {begun} records begun (of {}), errors only last",
-                results.len(),
-                records.len()
-            ));
-        }
+        let traces = state.finish_batch(results.len(), Instant::now());
+        let traces = match traces {
+            Some(traces) if !results.iter().rev().skip(1).any(Result::is_err) => traces,
+            _ => {
+                // The instance is not trusted with another record, and the module not with
+                // another batch: its records go one by one until the handler is swapped.
+                self.batches_off = true;
+                return BatchInvocation::Failed(format!(
+                    "broken batch contract: {} results (of {} records) with record {} begun and up to {} allowed, \
+                     errors only last",
+                    results.len(),
+                    records.len(),
+                    state.ctx.index + 1,
+                    state.ctx.ended_at.unwrap_or(state.ctx.step_end)
+                ));
+            }
+        };
+        let begun = traces.len();
         let invocations: Vec<Invocation> = results
             .into_iter()
             .zip(traces)
