@@ -23,6 +23,9 @@
 //! for free and needs no state of its own for them.
 
 /// The generated bindings (kept in a module of their own so the export macro can be public).
+/// Call the imports through [`producer_api`] and [`runtime`], not through these: in a batch,
+/// the wrappers give a record its own step before its first import, as the contract's
+/// `advance` requires (a batch that skips this is redone record by record).
 #[allow(unsafe_code, missing_docs, clippy::too_many_arguments)] // generated FFI glue
 pub mod bindings {
     wit_bindgen::generate!({

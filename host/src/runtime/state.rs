@@ -208,9 +208,11 @@ impl HostState {
     }
 
     /// A producer-api or runtime import was called: in a batch, the current step ends with its
-    /// first record (what the step did is attributed to it).
-    fn import_used(&mut self) {
+    /// first record (what the step did is attributed to it). `false` once the host has ended
+    /// the batch: the guest is in a record that will not count, and the import must do nothing.
+    fn import_used(&mut self) -> bool {
         self.ctx.step_end = self.ctx.step_end.min(self.ctx.index + 1);
+        self.ctx.ended_at.is_none()
     }
 
     /// `advance(index)` with `index` as a position in the batch.
@@ -226,10 +228,16 @@ impl HostState {
         }
         // One clock read ends this step and starts the next.
         let now = std::time::Instant::now();
-        // The step ran out of time in a host call (the epoch only interrupts guest code), or a
-        // producer call was cut short by the limit: its first record's outcome is `timeout`
-        // (such a record ends its step, so it is the step's only one), which ends the batch.
+        // The step ran past its time limit before the epoch interrupted it (or in a host call,
+        // which the epoch does not interrupt). A step of several records fails the batch, as an
+        // interrupt would: its records are redone one by one, each with its own limit. A step
+        // of one record, or one whose producer call was cut short by the limit (a record that
+        // calls ends its step, so it is the step's only one), ends the batch with that record's
+        // outcome `timeout`.
         if self.ctx.deadline.is_some_and(|deadline| now >= deadline) {
+            if !self.ctx.deadline_hit && index - self.ctx.index > 1 {
+                return Err(wasmtime::Trap::Interrupt.into());
+            }
             self.ctx.deadline_hit = true;
         }
         let stopping = self.ctx.stop.as_ref().is_some_and(|stop| *stop.borrow());
@@ -268,7 +276,10 @@ impl batch::Host for HostState {
         if self.ctx.offsets.get(next).is_none() {
             wasmtime::bail!("next-record was called outside a batch or after the batch's last record");
         }
-        Ok(self.advance_to(next)? > 0)
+        let stride = self.advance_to(next)?;
+        // A guest that steps with `next-record` takes one record per step.
+        self.ctx.step_end = next + 1;
+        Ok(stride > 0)
     }
 
     fn advance(&mut self, index: u32) -> wasmtime::Result<u32> {
@@ -308,7 +319,9 @@ impl From<CallError> for WitCallError {
 
 impl producer_api::Host for HostState {
     async fn call(&mut self, request: producer_api::Request) -> Result<producer_api::Response, WitCallError> {
-        self.import_used();
+        if !self.import_used() {
+            return Err(WitCallError::Denied("the host ended the batch before this record".into()));
+        }
         let request =
             Request { method: request.method.into(), path: request.path, headers: request.headers, body: request.body };
         let mut summary = CallSummary {
@@ -354,7 +367,9 @@ impl producer_api::Host for HostState {
 
 impl host_runtime::Host for HostState {
     fn log(&mut self, level: Level, mut message: String) {
-        self.import_used();
+        if !self.import_used() {
+            return;
+        }
         if self.ctx.log_lines >= self.limits.max_log_lines_per_record {
             self.ctx.dropped += 1;
             return;
@@ -377,7 +392,9 @@ impl host_runtime::Host for HostState {
     }
 
     fn publish_event(&mut self, kind: String, payload: String) {
-        self.import_used();
+        if !self.import_used() {
+            return;
+        }
         let too_many = self.ctx.events.len() >= self.limits.max_events_per_record as usize;
         let too_big = payload.len() > self.limits.max_event_bytes as usize;
         let bad_kind = kind.is_empty() || kind.len() > 128 || kind.chars().any(char::is_control);
@@ -428,7 +445,7 @@ mod tests {
         state.ctx.record_started = Some(Instant::now() - Duration::from_millis(20));
         assert_eq!(state.advance(1).expect("advance"), 1);
         assert!(state.advance(3).is_err(), "past what the step allowed");
-        assert_eq!(state.advance(2).expect("advance"), 6, "quick again: the rest of the batch");
+        assert!(state.advance(2).expect("advance") > 1, "quick again: a longer step");
         state.publish_event("kind".into(), "{}".into());
         assert!(state.advance(4).is_err(), "the event ended the step at record 2");
         assert!(state.advance(3).expect("advance") >= 1);
@@ -436,6 +453,53 @@ mod tests {
         assert_eq!(traces.len(), 4);
         assert_eq!(traces[2].events.len(), 1, "the event is record 2's");
         assert!(traces.iter().enumerate().all(|(i, t)| i == 2 || t.events.is_empty()));
+    }
+
+    #[test]
+    fn next_record_steps_one_record_at_a_time() {
+        let mut state = batch_of(8);
+        assert!(state.next_record().expect("next"));
+        assert!(state.advance(3).is_err(), "next-record allowed record 1 only");
+        assert!(state.finish_batch(3, Instant::now()).is_none(), "three results for two records begun");
+        assert_eq!(state.finish_batch(2, Instant::now()).map(|t| t.len()), Some(2));
+    }
+
+    #[test]
+    fn a_step_of_several_records_past_its_limit_fails_the_batch_and_one_record_times_out() {
+        let mut state = batch_of(8);
+        state.advance(1).expect("advance");
+        state.ctx.deadline = Some(Instant::now() - Duration::from_millis(1));
+        let error = state.advance(3).expect_err("two records past the limit");
+        assert_eq!(error.downcast_ref::<wasmtime::Trap>(), Some(&wasmtime::Trap::Interrupt));
+        let mut state = batch_of(8);
+        state.advance(1).expect("advance");
+        state.ctx.deadline = Some(Instant::now() - Duration::from_millis(1));
+        assert_eq!(state.advance(2).expect("advance"), 0, "one record past the limit ends the batch");
+        assert!(state.ctx.deadline_hit, "its outcome is timeout");
+        assert_eq!(state.finish_batch(2, Instant::now()).map(|t| t.len()), Some(2));
+    }
+
+    #[tokio::test]
+    async fn imports_do_nothing_once_the_host_ended_the_batch() {
+        let (_stop, stopped) = tokio::sync::watch::channel(true);
+        let mut state = HostState::new(Arc::new(HandlerLimits::default()), ProducerClient::unconfigured());
+        state.begin_batch("orders", 0, 0..8, Some(stopped));
+        assert_eq!(state.advance(1).expect("advance"), 0);
+        state.publish_event("kind".into(), "{}".into());
+        state.log(Level::Info, "line".into());
+        let call = producer_api::Host::call(
+            &mut state,
+            producer_api::Request {
+                method: producer_api::Method::Get,
+                path: "/producer-svc/ping".into(),
+                headers: vec![],
+                body: vec![],
+            },
+        )
+        .await;
+        assert!(matches!(call, Err(WitCallError::Denied(_))), "{call:?}");
+        let traces = state.finish_batch(1, Instant::now()).expect("one result");
+        assert!(traces[0].events.is_empty() && traces[0].calls.is_empty() && traces[0].dropped == 0);
     }
 
     #[test]
