@@ -220,11 +220,16 @@ async fn a_host_stopping_mid_batch_ends_it_at_a_record_boundary_and_commits_what
     host.shutdown().await;
 }
 
+/// A component built against an older contract, checked in under `tests/data/`.
+fn old_build(engine: &std::sync::Arc<host::runtime::WasmEngine>, file: &str) -> host::runtime::HandlerModule {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(file);
+    support::load(engine, &path, host::runtime::HandlerLimits::default())
+}
+
 #[tokio::test]
 async fn a_component_built_against_the_0_1_0_contract_still_loads_and_runs_one_record_per_call() {
     let engine = support::engine();
-    let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/new-user-created-0.1.0.wasm");
-    let module = support::load(&engine, &old, host::runtime::HandlerLimits::default());
+    let module = old_build(&engine, "new-user-created-0.1.0.wasm");
     assert!(!module.supports_batches(), "built before batches, it targets the handler world");
     assert_eq!(module.world(), "handler");
     let current =
@@ -245,8 +250,7 @@ async fn a_component_built_against_the_0_1_0_contract_still_loads_and_runs_one_r
 #[tokio::test]
 async fn a_component_built_against_the_0_1_1_contract_gets_its_batches_through_handle_batch() {
     let engine = support::engine();
-    let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/new-user-created-0.1.1.wasm");
-    let module = support::load(&engine, &old, host::runtime::HandlerLimits::default());
+    let module = old_build(&engine, "new-user-created-0.1.1.wasm");
     assert_eq!(module.world(), "batch-handler", "built before packed batches");
     let stub = StubProducer::start().await;
     let client = host::producer_api::ProducerClient::new(&stub.url).expect("client");
@@ -270,8 +274,7 @@ async fn a_component_built_against_the_0_1_1_contract_gets_its_batches_through_h
 #[tokio::test]
 async fn a_component_built_against_the_0_1_2_contract_steps_record_by_record_with_next_record() {
     let engine = support::engine();
-    let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hostile-0.1.2.wasm");
-    let module = support::load(&engine, &old, host::runtime::HandlerLimits::default());
+    let module = old_build(&engine, "hostile-0.1.2.wasm");
     assert_eq!(module.world(), "packed-batch-handler", "built before `advance`, it calls `next-record`");
     let mut worker = host::runtime::Worker::new(module, host::producer_api::ProducerClient::unconfigured());
     // Quick records with and without events, and a rejection that ends the batch.

@@ -23,6 +23,20 @@ struct Step {
     abandoned: bool,
 }
 
+impl Step {
+    /// Asks the host to start a step at record `index`; `false` when it ended the batch instead.
+    fn advance(&mut self, index: u32) -> bool {
+        let stride = advance(index);
+        if stride == 0 {
+            return false;
+        }
+        self.host_index = index;
+        self.end = index.saturating_add(stride);
+        self.used_import = false;
+        true
+    }
+}
+
 const IDLE: Step = Step { active: false, host_index: 0, current: 0, end: 1, used_import: false, abandoned: false };
 
 thread_local! {
@@ -52,14 +66,8 @@ impl Batch {
     /// used an import; `false` when the host ended the batch before it.
     pub(crate) fn start(&self, index: u32) -> bool {
         update(|step| {
-            if index > 0 && (index >= step.end || step.used_import) {
-                let stride = advance(index);
-                if stride == 0 {
-                    return false;
-                }
-                step.host_index = index;
-                step.end = index.saturating_add(stride);
-                step.used_import = false;
+            if index > 0 && (index >= step.end || step.used_import) && !step.advance(index) {
+                return false;
             }
             step.current = index;
             true
@@ -90,14 +98,9 @@ pub(crate) fn before_import() -> bool {
         if step.abandoned {
             return false;
         }
-        if step.current != step.host_index {
-            let stride = advance(step.current);
-            if stride == 0 {
-                step.abandoned = true;
-                return false;
-            }
-            step.host_index = step.current;
-            step.end = step.current.saturating_add(stride);
+        if step.current != step.host_index && !step.advance(step.current) {
+            step.abandoned = true;
+            return false;
         }
         step.used_import = true;
         true

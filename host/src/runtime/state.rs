@@ -166,7 +166,7 @@ impl HostState {
     }
 
     /// Ends the current record at `now`: what it collected, and resets the per-record counts.
-    pub fn take_trace(&mut self, now: std::time::Instant) -> RecordTrace {
+    fn take_trace(&mut self, now: std::time::Instant) -> RecordTrace {
         self.ctx.log_lines = 0;
         RecordTrace {
             calls: std::mem::take(&mut self.ctx.calls),
@@ -177,8 +177,8 @@ impl HostState {
     }
 
     /// Ends the current step at `now`, as records `index..end` of the batch: its first record
-    /// gets what the step collected, and each an equal part of its time.
-    fn end_step(&mut self, end: usize, now: std::time::Instant) {
+    /// gets what the step collected, and each an equal part of its time, which is returned.
+    fn end_step(&mut self, end: usize, now: std::time::Instant) -> std::time::Duration {
         let records = end.saturating_sub(self.ctx.index).max(1);
         let mut first = self.take_trace(now);
         let share = first.duration / u32::try_from(records).unwrap_or(u32::MAX);
@@ -187,6 +187,7 @@ impl HostState {
         for _ in 1..records {
             self.ctx.finished.push(RecordTrace { duration: share, ..RecordTrace::default() });
         }
+        share
     }
 
     /// After the guest returned `results` results: one [`RecordTrace`] per record with a
@@ -246,9 +247,7 @@ impl HostState {
             self.ctx.ended_at = Some(index);
             return Ok(0);
         }
-        let step = now.saturating_duration_since(self.ctx.record_started.unwrap_or(now));
-        let per_record = step / u32::try_from(index - self.ctx.index).unwrap_or(u32::MAX);
-        self.end_step(index, now);
+        let per_record = self.end_step(index, now);
         self.ctx.index = index;
         self.ctx.offset = self.ctx.offsets[index];
         self.ctx.record_started = Some(now);
@@ -273,9 +272,7 @@ const STEP_TIME: std::time::Duration = std::time::Duration::from_millis(10);
 impl batch::Host for HostState {
     fn next_record(&mut self) -> wasmtime::Result<bool> {
         let next = self.ctx.index + 1;
-        if self.ctx.offsets.get(next).is_none() {
-            wasmtime::bail!("next-record was called outside a batch or after the batch's last record");
-        }
+        // Outside a batch, or after its last record, this traps as `advance` does.
         let stride = self.advance_to(next)?;
         // A guest that steps with `next-record` takes one record per step.
         self.ctx.step_end = next + 1;
