@@ -1,8 +1,10 @@
 //! What the producer and the host share, so that neither copies the other: Kafka connection and
 //! security settings read from the environment ([`kafka`]), creating missing topics
 //! ([`topics`]), the one graceful-shutdown signal ([`shutdown`]), logging set-up ([`telemetry`]),
-//! and typed environment parsing ([`env`]).
+//! typed environment parsing ([`env`]), and the operator credential that guards operator routes
+//! ([`auth`]).
 
+pub mod auth;
 pub mod env;
 pub mod kafka;
 pub mod msk_iam;
