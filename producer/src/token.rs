@@ -14,7 +14,7 @@ type HmacSha256 = Hmac<Sha256>;
 const HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
 
 /// A freshly issued token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuedToken {
     /// The user the token is for.
     pub user_id: String,

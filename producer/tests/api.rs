@@ -339,3 +339,48 @@ async fn health_ping_and_metrics_answer() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_retry_after_a_503_publishes_the_record_of_the_first_attempt_again() {
+    let h = harness(1_500);
+    // Warm up (metadata, producer id), so that the keyed attempt's record is sent at once.
+    let warm = send(&h.app, "POST", "/producer-svc/users", r#"{"name":"Warm","email":"warm@example.com"}"#, &[]);
+    assert_eq!(warm.await.status, StatusCode::CREATED);
+
+    // The broker writes the record but answers too late: the producer answers 503.
+    h.mock.broker_round_trip_time(1, Duration::from_secs(4)).expect("slow broker");
+    let body = r#"{"name":"Ada","email":"ada@example.com"}"#;
+    let key = [("idempotency-key", "create-ada-1")];
+    let first = send(&h.app, "POST", "/producer-svc/users", body, &key).await;
+    assert_eq!(first.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", first.json);
+    assert_eq!(first.headers["retry-after"], "1");
+    h.mock.broker_round_trip_time(1, Duration::ZERO).expect("quick broker");
+
+    // The client retries with the same key until it gets an answer.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let created = loop {
+        let reply = send(&h.app, "POST", "/producer-svc/users", body, &key).await;
+        if reply.status == StatusCode::CREATED || Instant::now() > deadline {
+            break reply;
+        }
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", reply.json);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.json);
+    let id = created.json["id"].as_str().expect("id").to_string();
+
+    // On the topic: the first attempt's record and the retry's, identical (key and value).
+    let records = consume(&h.mock, "new-user-created", 4, Duration::from_secs(10));
+    let ada: Vec<&Consumed> = records.iter().filter(|r| r.payload["name"] == "Ada").collect();
+    assert!(ada.len() >= 2, "the first attempt's record was written as well: {records:?}");
+    for record in &ada {
+        assert_eq!((&record.key, &record.payload), (&id, &created.json), "{records:?}");
+    }
+
+    // Once answered, the key replays and publishes nothing more.
+    let again = send(&h.app, "POST", "/producer-svc/users", body, &key).await;
+    assert_eq!((again.status, &again.json), (StatusCode::CREATED, &created.json));
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    let after = consume(&h.mock, "new-user-created", records.len() + 1, Duration::from_secs(3));
+    assert_eq!(after.len(), records.len(), "the replay published nothing");
+}

@@ -3,10 +3,10 @@
 
 use super::error::AppError;
 use super::json::JsonBody;
-use super::{AppState, RequestId, TOPIC_ISSUED_TOKEN, idempotent, publish};
-use crate::token::Verdict;
+use super::{AppState, RequestId, TOPIC_ISSUED_TOKEN, idempotent};
+use crate::token::{IssuedToken, Verdict};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::Utc;
@@ -36,13 +36,14 @@ pub(super) async fn issue(
         .map_err(|_| AppError::field("user_id", format!("{:?} is not a UUID", req.user_id)))?
         .hyphenated()
         .to_string();
-    idempotent::run(&state, &headers, "tokens", &req, || async {
-        let issued = state.tokens.issue(&user_id, Utc::now());
-        let body = serde_json::to_value(&issued).unwrap_or_default();
-        publish(&state, TOPIC_ISSUED_TOKEN, &user_id, &body, &request_id).await?;
-        Ok((StatusCode::CREATED, body))
-    })
-    .await
+    idempotent::run(&state, &headers, &request_id, "tokens", &req, || state.tokens.issue(&user_id, Utc::now())).await
+}
+
+impl idempotent::Publish for IssuedToken {
+    const TOPIC: &'static str = TOPIC_ISSUED_TOKEN;
+    fn key(&self) -> &str {
+        &self.user_id
+    }
 }
 
 pub(super) async fn verify(

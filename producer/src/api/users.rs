@@ -2,10 +2,10 @@
 
 use super::error::AppError;
 use super::json::JsonBody;
-use super::{AppState, RequestId, TOPIC_NEW_USER, idempotent, publish};
+use super::{AppState, RequestId, TOPIC_NEW_USER, idempotent};
 use axum::Extension;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -24,12 +24,19 @@ pub struct CreateUser {
 }
 
 /// The user, as answered and published.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct User {
     id: String,
     name: String,
     email: String,
     created_at: String,
+}
+
+impl idempotent::Publish for User {
+    const TOPIC: &'static str = TOPIC_NEW_USER;
+    fn key(&self) -> &str {
+        &self.id
+    }
 }
 
 /// Checks an email address's syntax: one `@`, a local part, a dotted domain, no spaces.
@@ -65,16 +72,11 @@ pub(super) async fn create(
     if !valid_email(&req.email) {
         return Err(AppError::field("email", format!("{:?} is not a valid email address", req.email)));
     }
-    idempotent::run(&state, &headers, "users", &req, || async {
-        let user = User {
-            id: uuid::Uuid::now_v7().to_string(),
-            name: name.to_string(),
-            email: req.email.clone(),
-            created_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-        };
-        let body = serde_json::to_value(&user).unwrap_or_default();
-        publish(&state, TOPIC_NEW_USER, &user.id, &body, &request_id).await?;
-        Ok((StatusCode::CREATED, body))
+    idempotent::run(&state, &headers, &request_id, "users", &req, || User {
+        id: uuid::Uuid::now_v7().to_string(),
+        name: name.to_string(),
+        email: req.email.clone(),
+        created_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
     })
     .await
 }
