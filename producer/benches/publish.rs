@@ -41,7 +41,7 @@ async fn main() {
     let publisher = state.publisher.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/producer-svc/users", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, producer::api::router(state)).await.expect("serve") });
+    tokio::spawn(async move { axum::serve(listener, producer::api::public_router(state)).await.expect("serve") });
     let client = reqwest::Client::new();
 
     // Warm up both paths (connections, metadata).

@@ -1,8 +1,9 @@
 //! The producer service: a stateless axum + rdkafka HTTP service that creates users and tokens and
 //! publishes them to `new-user-created` and `issued-token`.
 //!
-//! Module map: [`config`] (environment), [`api`] (routes, errors, JSON contract), [`publisher`]
-//! (Kafka), [`token`] (signed tokens), [`idempotency`] (`Idempotency-Key` store), [`metrics`].
+//! Module map: [`config`] (environment), [`api`] (the public and internal routers, errors, JSON
+//! contract), [`publisher`] (Kafka), [`token`] (signed tokens), [`idempotency`]
+//! (`Idempotency-Key` store), [`metrics`].
 
 pub mod api;
 pub mod config;
@@ -20,5 +21,6 @@ pub fn state(config: &config::ProducerConfig) -> Result<api::AppState, rdkafka::
         tokens: token::TokenSigner::new(config.token_secret.clone(), config.token_ttl),
         idempotency: idempotency::IdempotencyStore::new(config.idempotency_window, config.idempotency_max_keys),
         metrics: Arc::new(metrics::Metrics::default()),
+        operator_token: config.operator_token.clone(),
     })
 }

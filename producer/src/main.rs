@@ -1,11 +1,14 @@
-//! The `producer` binary: reads its configuration, ensures its topics, serves the API until
-//! SIGTERM or Ctrl-C, then flushes the producer and exits 0.
+//! The `producer` binary: reads its configuration, ensures its topics, serves the public router on
+//! `PORT` and the internal one on `INTERNAL_PORT` until SIGTERM or Ctrl-C, then flushes the
+//! producer and exits 0.
 
 use anyhow::Context;
 use common::env::Env;
-use producer::api::{TOPIC_ISSUED_TOKEN, TOPIC_NEW_USER, router};
+use producer::api::{TOPIC_ISSUED_TOKEN, TOPIC_NEW_USER, internal_router, public_router};
 use producer::config::ProducerConfig;
 use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 /// How long queued records may take to reach the broker at shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -19,23 +22,57 @@ async fn main() -> anyhow::Result<()> {
             "TOKEN_SECRET is not set: using the DEVELOPMENT default secret. Tokens are forgeable. Never run this in production."
         );
     }
+    if config.operator_token.is_none() {
+        tracing::warn!(
+            "OPERATOR_TOKEN is not set: the operator routes (GET /producer-svc/metrics on INTERNAL_PORT) are open. Never run this in production."
+        );
+    }
     let state = producer::state(&config).context("cannot create the Kafka producer")?;
     let publisher = state.publisher.clone();
     tokio::spawn(ensure_topics(config.kafka.clone()));
 
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port))
-        .await
-        .with_context(|| format!("cannot listen on port {}", config.port))?;
-    tracing::info!(port = config.port, brokers = %config.kafka.brokers, "producer listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(common::shutdown::signal())
-        .await
-        .context("server failed")?;
+    let public = listen(config.port, "PORT").await?;
+    let internal = listen(config.internal_port, "INTERNAL_PORT").await?;
+    tracing::info!(
+        port = config.port,
+        internal_port = config.internal_port,
+        brokers = %config.kafka.brokers,
+        "producer listening"
+    );
+    let (stop, stopping) = watch::channel(false);
+    tokio::spawn(async move {
+        common::shutdown::signal().await;
+        let _ = stop.send(true);
+    });
+    let (public_app, internal_app) = (public_router(state.clone()), internal_router(state));
+    tokio::try_join!(
+        async {
+            axum::serve(public, public_app)
+                .with_graceful_shutdown(stopped(stopping.clone()))
+                .await
+                .context("the public server failed")
+        },
+        async {
+            axum::serve(internal, internal_app)
+                .with_graceful_shutdown(stopped(stopping.clone()))
+                .await
+                .context("the internal server failed")
+        },
+    )?;
 
     tracing::info!("flushing queued records");
     tokio::task::spawn_blocking(move || publisher.flush(FLUSH_TIMEOUT)).await?.context("flush at shutdown")?;
     tracing::info!("producer stopped");
     Ok(())
+}
+
+async fn listen(port: u16, variable: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(("0.0.0.0", port)).await.with_context(|| format!("cannot listen on {variable} {port}"))
+}
+
+/// Resolves once the shutdown signal came (or can no longer come).
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
 }
 
 /// Creates the two topics when missing, retrying until the broker answers.

@@ -1,5 +1,5 @@
-//! The producer through its real router and a real Kafka-protocol broker (librdkafka's mock
-//! cluster): every route, every error, and what lands on the topics.
+//! The producer through its real routers and a real Kafka-protocol broker (librdkafka's mock
+//! cluster): every route, every error, which listener serves what, and what lands on the topics.
 
 use axum::Router;
 use axum::body::Body;
@@ -13,24 +13,43 @@ use tower::ServiceExt;
 
 const PARTITIONS: i32 = 8;
 
+/// The operator token of [`harness_with_operator_token`].
+const OPERATOR_TOKEN: &str = "operator-token-for-the-api-tests-0123456789";
+
 struct Harness {
     mock: MockCluster<'static, DefaultProducerContext>,
-    app: Router,
+    /// The public listener's router.
+    public: Router,
+    /// The internal listener's router.
+    internal: Router,
 }
 
 fn harness(produce_timeout_ms: u64) -> Harness {
+    build(produce_timeout_ms, None)
+}
+
+fn harness_with_operator_token() -> Harness {
+    build(5_000, Some(OPERATOR_TOKEN))
+}
+
+fn build(produce_timeout_ms: u64, operator_token: Option<&str>) -> Harness {
     let mock = MockCluster::new(1).expect("mock cluster");
     for topic in ["new-user-created", "issued-token"] {
         mock.create_topic(topic, PARTITIONS, 1).expect("topic");
     }
-    let env = Env::from_pairs([
+    let mut pairs = vec![
         ("KAFKA_BROKERS", mock.bootstrap_servers()),
         ("APP_ENV", "development".into()),
         ("PRODUCE_TIMEOUT_MS", produce_timeout_ms.to_string()),
-    ]);
-    let config = ProducerConfig::from_env(&env).expect("config");
-    let app = producer::api::router(producer::state(&config).expect("state"));
-    Harness { mock, app }
+    ];
+    pairs.extend(operator_token.map(|t| ("OPERATOR_TOKEN", t.to_string())));
+    let config = ProducerConfig::from_env(&Env::from_pairs(pairs)).expect("config");
+    let state = producer::state(&config).expect("state");
+    Harness {
+        mock,
+        public: producer::api::public_router(state.clone()),
+        internal: producer::api::internal_router(state),
+    }
 }
 
 struct Reply {
@@ -130,7 +149,7 @@ fn murmur2_matches_the_java_client() {
 async fn a_201_user_is_on_new_user_created_keyed_by_id_on_the_java_partition() {
     let h = harness(5_000);
     let reply = send(
-        &h.app,
+        &h.public,
         "POST",
         "/producer-svc/users",
         r#"{"name":"Ada Lovelace","email":"ada@example.com"}"#,
@@ -158,7 +177,7 @@ async fn a_201_user_is_on_new_user_created_keyed_by_id_on_the_java_partition() {
 async fn an_issued_token_is_published_and_verifies() {
     let h = harness(5_000);
     let user = "0194f3a2-7b1c-7d3e-9f00-123456789abc";
-    let reply = send(&h.app, "POST", "/producer-svc/tokens", &format!(r#"{{"user_id":"{user}"}}"#), &[]).await;
+    let reply = send(&h.internal, "POST", "/producer-svc/tokens", &format!(r#"{{"user_id":"{user}"}}"#), &[]).await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.json);
     let token = reply.json["token"].as_str().expect("token").to_string();
     for field in ["issued_at", "expires_at"] {
@@ -171,7 +190,7 @@ async fn an_issued_token_is_published_and_verifies() {
     assert_eq!(records[0].payload, reply.json);
 
     let verdict =
-        send(&h.app, "POST", "/producer-svc/tokens/verify", &serde_json::json!({"token": token}).to_string(), &[])
+        send(&h.internal, "POST", "/producer-svc/tokens/verify", &serde_json::json!({"token": token}).to_string(), &[])
             .await;
     assert_eq!(verdict.status, StatusCode::OK);
     assert_eq!(
@@ -180,9 +199,14 @@ async fn an_issued_token_is_published_and_verifies() {
     );
 
     let tampered = format!("{}x", &token[..token.len() - 1]);
-    let verdict =
-        send(&h.app, "POST", "/producer-svc/tokens/verify", &serde_json::json!({"token": tampered}).to_string(), &[])
-            .await;
+    let verdict = send(
+        &h.internal,
+        "POST",
+        "/producer-svc/tokens/verify",
+        &serde_json::json!({"token": tampered}).to_string(),
+        &[],
+    )
+    .await;
     assert_eq!(verdict.json["valid"], false);
     assert!(verdict.json["reason"].is_string());
 }
@@ -191,15 +215,15 @@ async fn an_issued_token_is_published_and_verifies() {
 async fn idempotent_repeats_return_the_first_response_and_publish_once() {
     let h = harness(5_000);
     let body = r#"{"name":"Ada","email":"ada@example.com"}"#;
-    let first = send(&h.app, "POST", "/producer-svc/users", body, &[("idempotency-key", "abc-1")]).await;
-    let second = send(&h.app, "POST", "/producer-svc/users", body, &[("idempotency-key", "abc-1")]).await;
+    let first = send(&h.public, "POST", "/producer-svc/users", body, &[("idempotency-key", "abc-1")]).await;
+    let second = send(&h.public, "POST", "/producer-svc/users", body, &[("idempotency-key", "abc-1")]).await;
     assert_eq!(first.status, StatusCode::CREATED);
     assert_eq!(second.status, StatusCode::CREATED);
     assert_eq!(first.json, second.json, "the repeat gets the first response");
     assert_eq!(second.headers["idempotent-replayed"], "true");
 
     let other = send(
-        &h.app,
+        &h.public,
         "POST",
         "/producer-svc/users",
         r#"{"name":"Bob","email":"bob@example.com"}"#,
@@ -211,7 +235,7 @@ async fn idempotent_repeats_return_the_first_response_and_publish_once() {
     let records = consume(&h.mock, "new-user-created", 2, Duration::from_secs(5));
     assert_eq!(records.len(), 1, "published once: {records:?}");
 
-    let metrics = send(&h.app, "GET", "/producer-svc/metrics", "", &[]).await;
+    let metrics = send(&h.internal, "GET", "/producer-svc/metrics", "", &[]).await;
     assert!(metrics.json.as_str().expect("text").contains("producer_idempotent_replays_total 1"));
 }
 
@@ -274,7 +298,7 @@ async fn bad_input_gets_a_clear_json_error() {
     for (i, (method, path, body, status, field)) in cases.into_iter().enumerate() {
         // The last case carries an invalid Idempotency-Key.
         let headers: &[(&str, &str)] = if i == 13 { &[("idempotency-key", "")] } else { &[] };
-        let reply = send(&h.app, method, path, &body, headers).await;
+        let reply = send(&h.internal, method, path, &body, headers).await;
         assert_eq!(reply.status, status, "{method} {path} {}: {:?}", &body[..body.len().min(60)], reply.json);
         assert!(
             reply.json["error"].as_str().is_some_and(|e| !e.is_empty()),
@@ -291,10 +315,10 @@ async fn bad_input_gets_a_clear_json_error() {
 async fn a_down_broker_gives_503_with_retry_after_in_bounded_time_and_recovers() {
     let h = harness(1_500);
     let body = r#"{"name":"Ada","email":"ada@example.com"}"#;
-    assert_eq!(send(&h.app, "POST", "/producer-svc/users", body, &[]).await.status, StatusCode::CREATED);
+    assert_eq!(send(&h.public, "POST", "/producer-svc/users", body, &[]).await.status, StatusCode::CREATED);
 
     h.mock.broker_down(1).expect("broker down");
-    let reply = send(&h.app, "POST", "/producer-svc/users", body, &[]).await;
+    let reply = send(&h.public, "POST", "/producer-svc/users", body, &[]).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", reply.json);
     assert_eq!(reply.headers["retry-after"], "1");
     assert!(reply.json["error"].as_str().is_some_and(|e| e.contains("new-user-created")));
@@ -303,7 +327,7 @@ async fn a_down_broker_gives_503_with_retry_after_in_bounded_time_and_recovers()
     h.mock.broker_up(1).expect("broker up");
     let deadline = Instant::now() + Duration::from_secs(20);
     let recovered = loop {
-        let reply = send(&h.app, "POST", "/producer-svc/users", body, &[]).await;
+        let reply = send(&h.public, "POST", "/producer-svc/users", body, &[]).await;
         if reply.status == StatusCode::CREATED || Instant::now() > deadline {
             break reply;
         }
@@ -312,7 +336,7 @@ async fn a_down_broker_gives_503_with_retry_after_in_bounded_time_and_recovers()
     let ids: Vec<String> =
         consume(&h.mock, "new-user-created", 3, Duration::from_secs(5)).into_iter().map(|c| c.key).collect();
     assert!(ids.contains(&recovered.json["id"].as_str().expect("id").to_string()));
-    let metrics = send(&h.app, "GET", "/producer-svc/metrics", "", &[]).await;
+    let metrics = send(&h.internal, "GET", "/producer-svc/metrics", "", &[]).await;
     assert!(
         metrics
             .json
@@ -327,31 +351,103 @@ async fn a_down_broker_gives_503_with_retry_after_in_bounded_time_and_recovers()
 #[tokio::test]
 async fn health_ping_and_metrics_answer() {
     let h = harness(5_000);
-    let health = send(&h.app, "GET", "/producer-svc", "", &[]).await;
-    assert_eq!(health.status, StatusCode::OK);
-    let ping = send(&h.app, "GET", "/producer-svc/ping-what", "", &[]).await;
-    assert_eq!((ping.status, ping.json), (StatusCode::OK, serde_json::json!({"ok": "Pong!"})));
-    let metrics = send(&h.app, "GET", "/producer-svc/metrics", "", &[]).await;
+    for app in [&h.public, &h.internal] {
+        let health = send(app, "GET", "/producer-svc", "", &[]).await;
+        assert_eq!(health.status, StatusCode::OK);
+        let ping = send(app, "GET", "/producer-svc/ping-what", "", &[]).await;
+        assert_eq!((ping.status, ping.json), (StatusCode::OK, serde_json::json!({"ok": "Pong!"})));
+    }
+    let metrics = send(&h.internal, "GET", "/producer-svc/metrics", "", &[]).await;
     assert_eq!(metrics.status, StatusCode::OK);
     let text = metrics.json.as_str().expect("prometheus text");
     assert!(
-        text.contains(r#"producer_http_requests_total{route="/producer-svc/ping-what",method="GET",status="200"} 1"#),
+        text.contains(r#"producer_http_requests_total{route="/producer-svc/ping-what",method="GET",status="200"} 2"#),
         "{text}"
     );
+}
+
+/// A request to `route` that never publishes: an empty JSON object for a POST (a 422 where the
+/// route exists).
+async fn probe(app: &Router, route: producer::api::Route) -> Reply {
+    let body = if route.method() == http::Method::POST { "{}" } else { "" };
+    send(app, route.method().as_str(), route.path(), body, &[]).await
+}
+
+#[tokio::test]
+async fn the_public_router_serves_only_the_public_routes_and_the_internal_router_every_route() {
+    use producer::api::Route;
+    let h = harness(5_000);
+    for route in Route::ALL {
+        let public = probe(&h.public, route).await;
+        if Route::PUBLIC.contains(&route) {
+            assert_ne!(public.status, StatusCode::NOT_FOUND, "{route:?} is public: {:?}", public.json);
+        } else {
+            assert_eq!(public.status, StatusCode::NOT_FOUND, "{route:?} is not public: {:?}", public.json);
+            assert!(public.json["error"].as_str().is_some_and(|e| e.contains(route.path())), "{:?}", public.json);
+            assert_eq!(public.headers["content-type"], "application/json");
+        }
+        let internal = probe(&h.internal, route).await;
+        assert!(
+            matches!(internal.status, StatusCode::OK | StatusCode::UNPROCESSABLE_ENTITY),
+            "{route:?} on the internal router: {} {:?}",
+            internal.status,
+            internal.json
+        );
+    }
+    assert_eq!(
+        Route::PUBLIC.map(|r| (r.method().to_string(), r.path())),
+        [
+            ("GET".to_string(), "/producer-svc"),
+            ("GET".to_string(), "/producer-svc/ping-what"),
+            ("POST".to_string(), "/producer-svc/users"),
+        ],
+        "what the seed's users call, nothing more"
+    );
+    let token =
+        send(&h.public, "POST", "/producer-svc/tokens", r#"{"user_id":"0194f3a2-7b1c-7d3e-9f00-123456789abc"}"#, &[])
+            .await;
+    assert_eq!(token.status, StatusCode::NOT_FOUND, "no token for anyone who asks the public listener");
+    assert!(consume(&h.mock, "issued-token", 1, Duration::from_secs(2)).is_empty(), "and nothing published");
+}
+
+#[tokio::test]
+async fn metrics_on_the_internal_router_need_the_operator_token() {
+    let h = harness_with_operator_token();
+    let wrong = format!("Bearer {OPERATOR_TOKEN}x");
+    for headers in [&[][..], &[("authorization", wrong.as_str())][..], &[("authorization", "Basic b3A6b3A=")][..]] {
+        let reply = send(&h.internal, "GET", "/producer-svc/metrics", "", headers).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{headers:?}: {:?}", reply.json);
+        assert!(reply.headers["www-authenticate"].to_str().is_ok_and(|v| v.starts_with("Bearer")));
+        assert_eq!(reply.headers["content-type"], "application/json");
+        assert!(reply.json["error"].as_str().is_some_and(|e| !e.is_empty()), "{:?}", reply.json);
+    }
+    let right = format!("Bearer {OPERATOR_TOKEN}");
+    let reply = send(&h.internal, "GET", "/producer-svc/metrics", "", &[("authorization", &right)]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let text = reply.json.as_str().expect("prometheus text");
+    assert!(text.contains(r#"route="/producer-svc/metrics",method="GET",status="401"} 3"#), "{text}");
+
+    // The token guards the operator routes only: the host's handlers call the rest without it.
+    let ping = send(&h.internal, "GET", "/producer-svc/ping-what", "", &[]).await;
+    assert_eq!(ping.status, StatusCode::OK);
+    let verify = send(&h.internal, "POST", "/producer-svc/tokens/verify", r#"{"token":"x.y.z"}"#, &[]).await;
+    assert_eq!((verify.status, &verify.json["valid"]), (StatusCode::OK, &serde_json::json!(false)));
+    let public = send(&h.public, "GET", "/producer-svc/metrics", "", &[("authorization", &right)]).await;
+    assert_eq!(public.status, StatusCode::NOT_FOUND, "not on the public listener, token or not");
 }
 
 #[tokio::test]
 async fn a_retry_after_a_503_publishes_the_record_of_the_first_attempt_again() {
     let h = harness(1_500);
     // Warm up (metadata, producer id), so that the keyed attempt's record is sent at once.
-    let warm = send(&h.app, "POST", "/producer-svc/users", r#"{"name":"Warm","email":"warm@example.com"}"#, &[]);
+    let warm = send(&h.public, "POST", "/producer-svc/users", r#"{"name":"Warm","email":"warm@example.com"}"#, &[]);
     assert_eq!(warm.await.status, StatusCode::CREATED);
 
     // The broker writes the record but answers too late: the producer answers 503.
     h.mock.broker_round_trip_time(1, Duration::from_secs(4)).expect("slow broker");
     let body = r#"{"name":"Ada","email":"ada@example.com"}"#;
     let key = [("idempotency-key", "create-ada-1")];
-    let first = send(&h.app, "POST", "/producer-svc/users", body, &key).await;
+    let first = send(&h.public, "POST", "/producer-svc/users", body, &key).await;
     assert_eq!(first.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", first.json);
     assert_eq!(first.headers["retry-after"], "1");
     h.mock.broker_round_trip_time(1, Duration::ZERO).expect("quick broker");
@@ -359,7 +455,7 @@ async fn a_retry_after_a_503_publishes_the_record_of_the_first_attempt_again() {
     // The client retries with the same key until it gets an answer.
     let deadline = Instant::now() + Duration::from_secs(30);
     let created = loop {
-        let reply = send(&h.app, "POST", "/producer-svc/users", body, &key).await;
+        let reply = send(&h.public, "POST", "/producer-svc/users", body, &key).await;
         if reply.status == StatusCode::CREATED || Instant::now() > deadline {
             break reply;
         }
@@ -378,7 +474,7 @@ async fn a_retry_after_a_503_publishes_the_record_of_the_first_attempt_again() {
     }
 
     // Once answered, the key replays and publishes nothing more.
-    let again = send(&h.app, "POST", "/producer-svc/users", body, &key).await;
+    let again = send(&h.public, "POST", "/producer-svc/users", body, &key).await;
     assert_eq!((again.status, &again.json), (StatusCode::CREATED, &created.json));
     assert_eq!(again.headers["idempotent-replayed"], "true");
     let after = consume(&h.mock, "new-user-created", records.len() + 1, Duration::from_secs(3));

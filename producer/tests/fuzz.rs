@@ -131,7 +131,7 @@ fn app() -> (MockCluster<'static, rdkafka::producer::DefaultProducerContext>, ax
     let config = ProducerConfig::from_env(&env).expect("config");
     let app = RUNTIME.with(|rt| {
         let _guard = rt.enter();
-        producer::api::router(producer::state(&config).expect("state"))
+        producer::api::internal_router(producer::state(&config).expect("state"))
     });
     (mock, app)
 }

@@ -1,5 +1,11 @@
-//! The producer's HTTP API, every route under `/producer-svc` (as the load balancer routes it):
-//! the router, its shared state, and the request middleware (request ids, metrics).
+//! The producer's HTTP API, every route under `/producer-svc` (as the load balancer routes it),
+//! served on two listeners. The public router ([`public_router`], on `PORT`, behind the load
+//! balancer) holds only what clients call: [`Route::PUBLIC`] (health, ping, creating users).
+//! The internal router ([`internal_router`], on `INTERNAL_PORT`, which only the environment's
+//! services reach, through Service Connect) holds the whole API, [`Route::ALL`], with the operator
+//! routes (metrics) behind `OPERATOR_TOKEN` ([`common::auth`]). Anything else is a 404 with a JSON
+//! body. Also here: the state the handlers share, and the request middleware (request ids,
+//! metrics).
 
 pub mod error;
 pub mod idempotent;
@@ -16,7 +22,8 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
+use common::auth::OperatorToken;
 use error::AppError;
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,23 +46,98 @@ pub struct AppState {
     pub idempotency: Arc<IdempotencyStore>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// What the operator routes require (`None`: open, development only).
+    pub operator_token: Option<OperatorToken>,
 }
 
 /// A request's id: the caller's `X-Request-Id` when it is sane, else a new UUID.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-/// The router.
-pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/", get(health))
-        .route("/ping-what", get(ping))
-        .route("/metrics", get(metrics))
-        .route("/users", post(users::create))
-        .route("/tokens", post(tokens::issue))
-        .route("/tokens/verify", post(tokens::verify));
-    Router::new()
-        .nest(PREFIX, api)
+/// A route of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /producer-svc`: health.
+    Health,
+    /// `GET /producer-svc/ping-what`.
+    Ping,
+    /// `POST /producer-svc/users`.
+    CreateUser,
+    /// `POST /producer-svc/tokens`.
+    IssueToken,
+    /// `POST /producer-svc/tokens/verify`.
+    VerifyToken,
+    /// `GET /producer-svc/metrics`, an operator route.
+    Metrics,
+}
+
+impl Route {
+    /// Every route: what the internal listener serves.
+    pub const ALL: [Self; 6] =
+        [Self::Health, Self::Ping, Self::CreateUser, Self::IssueToken, Self::VerifyToken, Self::Metrics];
+    /// What the public listener serves: what the service's users call.
+    pub const PUBLIC: [Self; 3] = [Self::Health, Self::Ping, Self::CreateUser];
+
+    /// Its method.
+    pub fn method(self) -> Method {
+        match self {
+            Self::Health | Self::Ping | Self::Metrics => Method::GET,
+            Self::CreateUser | Self::IssueToken | Self::VerifyToken => Method::POST,
+        }
+    }
+
+    /// Its path, [`PREFIX`] included.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Health => "/producer-svc",
+            Self::Ping => "/producer-svc/ping-what",
+            Self::CreateUser => "/producer-svc/users",
+            Self::IssueToken => "/producer-svc/tokens",
+            Self::VerifyToken => "/producer-svc/tokens/verify",
+            Self::Metrics => "/producer-svc/metrics",
+        }
+    }
+
+    /// Whether it requires the operator token.
+    pub fn operator_only(self) -> bool {
+        matches!(self, Self::Metrics)
+    }
+
+    fn handler(self) -> MethodRouter<AppState> {
+        match self {
+            Self::Health => get(health),
+            Self::Ping => get(ping),
+            Self::CreateUser => post(users::create),
+            Self::IssueToken => post(tokens::issue),
+            Self::VerifyToken => post(tokens::verify),
+            Self::Metrics => get(metrics),
+        }
+    }
+}
+
+/// The router of the public listener: [`Route::PUBLIC`] only.
+pub fn public_router(state: AppState) -> Router {
+    router(state, &Route::PUBLIC)
+}
+
+/// The router of the internal listener: [`Route::ALL`], operator routes behind the token.
+pub fn internal_router(state: AppState) -> Router {
+    router(state, &Route::ALL)
+}
+
+fn router(state: AppState, routes: &[Route]) -> Router {
+    let mut router = Router::new();
+    for &route in routes {
+        let mut handler = route.handler();
+        if route.operator_only() {
+            handler = handler.route_layer(axum::middleware::from_fn_with_state(
+                state.operator_token.clone(),
+                common::auth::require_operator,
+            ));
+        }
+        router = router.route(route.path(), handler);
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(json::MAX_BODY_BYTES))
@@ -146,6 +228,21 @@ pub(crate) async fn publish(
                 .inc();
             tracing::warn!(topic, key, request_id, "publish failed: {e}");
             Err(AppError::Unavailable { message: format!("could not publish to {topic}: {e}"), retry_after_secs: 1 })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_under_the_prefix_and_no_operator_route_is_public() {
+        for route in Route::ALL {
+            assert!(route.path() == PREFIX || route.path().starts_with(&format!("{PREFIX}/")), "{route:?}");
+        }
+        for route in Route::PUBLIC {
+            assert!(Route::ALL.contains(&route) && !route.operator_only(), "{route:?}");
         }
     }
 }
