@@ -1,8 +1,11 @@
 //! The Copilot application checked offline against the binaries' own configuration: every
 //! manifest parses into typed structs with unknown keys rejected; ports, paths, health checks,
 //! CPU/memory, variables and secrets agree with what `producer` and `host` read (a renamed
-//! variable breaks this test); the addons' IAM policies name the topics and group the services use;
-//! the Dockerfile's targets, paths and users agree with the manifests.
+//! variable breaks this test); the load balancer reaches only the producer's public listener,
+//! whose routes are the public ones, and Service Connect its internal one, which the host calls;
+//! both services take the operator token from the secret store; the addons' IAM policies name the
+//! topics and group the services use; the Dockerfile's targets, paths and users agree with the
+//! manifests.
 
 use common::env::Env;
 use serde::Deserialize;
@@ -94,8 +97,18 @@ struct ContainerHealthcheck {
 #[serde(deny_unknown_fields)]
 struct Http {
     path: String,
+    /// The container port the load balancer forwards to (Copilot: `image.port` when unset).
+    #[serde(default)]
+    target_port: Option<u16>,
     healthcheck: LbHealthcheck,
     deregistration_delay: String,
+}
+
+impl Http {
+    /// The container port the load balancer's target group forwards to.
+    fn target(&self, image: &Image) -> u16 {
+        self.target_port.unwrap_or(image.port)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,6 +168,53 @@ struct EnvironmentOverride {
     count: u32,
 }
 
+/// One operation of a service's `overrides/cfn.patches.yml` (RFC 6902, as Copilot applies it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Patch {
+    op: String,
+    path: String,
+    value: serde_yaml::Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+struct PortMapping {
+    container_port: u16,
+    protocol: String,
+    name: String,
+}
+
+/// What the producer's patches make of Service Connect: the container's port mappings, the one
+/// Service Connect serves, and the port its client alias listens on.
+#[derive(Debug)]
+struct ServiceConnect {
+    port_mappings: Vec<PortMapping>,
+    port_name: String,
+    alias_port: u16,
+}
+
+fn producer_service_connect() -> ServiceConnect {
+    let patches: Vec<Patch> = parse("copilot/producer/overrides/cfn.patches.yml");
+    let replaced = |path: &str| {
+        let patch =
+            patches.iter().find(|p| p.path == path).unwrap_or_else(|| panic!("cfn.patches.yml must replace {path}"));
+        assert_eq!(patch.op, "replace", "{path}");
+        patch.value.clone()
+    };
+    let service = "/Resources/Service/Properties/ServiceConnectConfiguration/Services/0";
+    let sc = ServiceConnect {
+        port_mappings: serde_yaml::from_value(replaced(
+            "/Resources/TaskDefinition/Properties/ContainerDefinitions/0/PortMappings",
+        ))
+        .expect("port mappings"),
+        port_name: serde_yaml::from_value(replaced(&format!("{service}/PortName"))).expect("a port name"),
+        alias_port: serde_yaml::from_value(replaced(&format!("{service}/ClientAliases/0/Port"))).expect("a port"),
+    };
+    assert_eq!(patches.len(), 3, "nothing else is patched: {patches:?}");
+    sc
+}
+
 /// The value of a variable as a string.
 fn text(v: &serde_yaml::Value) -> String {
     match v {
@@ -185,6 +245,16 @@ fn stop_timeout(service: &Service) -> u64 {
         .find(|o| o.path == "ContainerDefinitions[0].StopTimeout")
         .expect("a StopTimeout override");
     o.value.as_u64().expect("StopTimeout is a number")
+}
+
+/// A stand-in operator token (the real one is in the secret store).
+const OPERATOR_TOKEN: &str = "operator-token-stand-in-of-at-least-32-bytes";
+
+/// The producer's configuration as its task gets it; valid, or the test fails.
+fn producer_config(service: &Service) -> producer::config::ProducerConfig {
+    let token_secret = "x".repeat(32);
+    let secrets = [("TOKEN_SECRET", token_secret.as_str()), ("OPERATOR_TOKEN", OPERATOR_TOKEN)];
+    producer::config::ProducerConfig::from_env(&task_env(service, &secrets)).expect("the task's configuration is valid")
 }
 
 fn assert_known(service: &Service, own: &[&str]) {
@@ -227,17 +297,23 @@ fn the_producer_manifest_matches_the_producer_binary() {
     assert!(!m.exec && m.count >= 1 && m.environments["prod"].count >= 2);
     assert_known(&m, producer::config::VARIABLES);
 
-    // The configuration the task gets is valid for the binary, and its port is the one exposed.
-    let config = producer::config::ProducerConfig::from_env(&task_env(&m, &[("TOKEN_SECRET", &"x".repeat(32))]))
-        .expect("the task's configuration is valid");
-    assert_eq!(config.port, m.image.port);
+    // The configuration the task gets is valid for the binary.
+    let config = producer_config(&m);
     assert_eq!(config.app_env, producer::config::AppEnv::Production);
+    assert!(config.operator_token.is_some(), "operator routes guarded");
     assert_eq!(config.kafka.msk_iam_region.as_deref(), Some("eu-west-1"), "MSK IAM authentication");
 
-    // Routes: the load balancer's path and health check are the router's.
+    // Ports: the load balancer forwards to the public listener only; the container's own port is
+    // the internal listener (Service Connect's, below).
+    assert_eq!(m.http.target(&m.image), config.port, "the ALB's target is the public listener (PORT)");
+    assert_eq!(m.image.port, config.internal_port, "image.port is the internal listener (INTERNAL_PORT)");
+    assert_ne!(config.port, config.internal_port);
+
+    // Routes: the load balancer's path and health check are the public router's.
     let prefix = producer::api::PREFIX.trim_start_matches('/');
     assert_eq!(m.http.path, prefix);
-    assert_eq!(m.http.healthcheck.path, producer::api::PREFIX);
+    assert_eq!(m.http.healthcheck.path, producer::api::Route::Health.path());
+    assert!(producer::api::Route::PUBLIC.contains(&producer::api::Route::Health), "checked on the public listener");
     assert!(m.http.healthcheck.healthy_threshold >= 2 && m.http.healthcheck.unhealthy_threshold >= 2);
     assert!(
         !m.http.healthcheck.interval.is_empty()
@@ -246,7 +322,7 @@ fn the_producer_manifest_matches_the_producer_binary() {
     );
 
     // Secrets never as plain variables.
-    for secret in ["TOKEN_SECRET", "KAFKA_BROKERS"] {
+    for secret in ["TOKEN_SECRET", "OPERATOR_TOKEN", "KAFKA_BROKERS"] {
         assert!(!m.variables.contains_key(secret), "{secret} must not be a plain variable");
         assert_eq!(secret_path(&m, secret), format!("{SECRETS}{secret}"));
     }
@@ -261,8 +337,13 @@ fn the_host_manifest_matches_the_host_binary() {
     assert_eq!((m.name.as_str(), m.kind.as_str()), ("host", "Load Balanced Web Service"));
     assert_eq!((m.image.build.dockerfile.as_str(), m.image.build.target.as_str()), ("Dockerfile", "host"));
     assert_eq!((m.cpu, m.memory), (256, 512));
-    assert_known(&m, host::config::VARIABLES);
-    let config = host::config::HostConfig::from_env(&task_env(&m, &[])).expect("the task's configuration is valid");
+    // APP_ENV and OPERATOR_TOKEN: read by the host once its operator routes are guarded (listed
+    // here until host::config::VARIABLES has them; then the extra names change nothing).
+    let known: Vec<&str> = host::config::VARIABLES.iter().copied().chain(["APP_ENV", "OPERATOR_TOKEN"]).collect();
+    assert_known(&m, &known);
+    assert_eq!(m.variables.get("APP_ENV").map(text).as_deref(), Some("production"));
+    let config = host::config::HostConfig::from_env(&task_env(&m, &[("OPERATOR_TOKEN", OPERATOR_TOKEN)]))
+        .expect("the task's configuration is valid");
     assert_eq!(config.port, m.image.port);
     assert_eq!(m.http.path, "/");
     assert_eq!(m.http.healthcheck.path, "/healthz");
@@ -279,12 +360,18 @@ fn the_host_manifest_matches_the_host_binary() {
             && !healthcheck.start_period.is_empty()
     );
 
-    // The producer is reached by Service Connect, never the public load balancer.
+    // The producer is reached by Service Connect on its internal listener, never through the
+    // public load balancer.
     let Connect::Alias { alias } = &producer.network.connect else {
         panic!("the producer needs a Service Connect alias")
     };
     assert!(matches!(m.network.connect, Connect::Enabled(true)));
-    assert_eq!(config.producer_url, format!("http://{alias}:{}", producer.image.port));
+    let sc = producer_service_connect();
+    assert_eq!(config.producer_url, format!("http://{alias}:{}", sc.alias_port));
+    assert_eq!(sc.alias_port, producer.image.port, "the internal listener's port");
+    assert_ne!(sc.alias_port, producer.http.target(&producer.image), "not the load balancer's target");
+    assert_eq!(secret_path(&m, "OPERATOR_TOKEN"), format!("{SECRETS}OPERATOR_TOKEN"));
+    assert!(!m.variables.contains_key("OPERATOR_TOKEN"), "OPERATOR_TOKEN must not be a plain variable");
 
     // Handlers on a shared volume at HANDLERS_DIR, seeded from the image.
     let volume = &m.storage.as_ref().expect("storage").volumes["handlers"];
@@ -297,6 +384,60 @@ fn the_host_manifest_matches_the_host_binary() {
         stop_timeout(&m) * 1000 > config.drain_timeout.as_millis() as u64 + 5_000,
         "the stop timeout covers the drain"
     );
+}
+
+#[test]
+fn service_connect_serves_the_producers_internal_listener_and_the_load_balancer_its_public_one() {
+    let m: Service = parse("copilot/producer/manifest.yml");
+    let config = producer_config(&m);
+    let sc = producer_service_connect();
+
+    // The container maps exactly the two ports Copilot maps (image.port and http.target_port),
+    // each named, so the patch adds no port and drops none.
+    let mut ports: Vec<u16> = sc.port_mappings.iter().map(|p| p.container_port).collect();
+    ports.sort_unstable();
+    let mut expected = vec![m.image.port, m.http.target(&m.image)];
+    expected.sort_unstable();
+    assert_eq!(ports, expected);
+    assert!(sc.port_mappings.iter().all(|p| p.protocol == "tcp"));
+
+    // Service Connect's port name is the internal listener's mapping, and its alias listens there.
+    let served = sc.port_mappings.iter().find(|p| p.name == sc.port_name).expect("the port name is a mapping's");
+    assert_eq!(served.container_port, config.internal_port, "Service Connect serves INTERNAL_PORT");
+    assert_eq!(sc.alias_port, config.internal_port, "http://producer:{} as the host calls it", config.internal_port);
+    // The load balancer's target group forwards to the public listener, whatever the names.
+    assert_eq!(m.http.target(&m.image), config.port);
+}
+
+#[test]
+fn the_public_listener_serves_exactly_the_public_routes() {
+    use producer::api::Route;
+    let public: Vec<(String, &str)> = Route::PUBLIC.iter().map(|r| (r.method().to_string(), r.path())).collect();
+    assert_eq!(
+        public,
+        [
+            ("GET".to_string(), "/producer-svc"),
+            ("GET".to_string(), "/producer-svc/ping-what"),
+            ("POST".to_string(), "/producer-svc/users"),
+        ],
+        "the load balancer reaches health, ping and user creation, nothing else"
+    );
+    for route in Route::ALL.into_iter().filter(|r| r.operator_only()) {
+        assert!(!Route::PUBLIC.contains(&route), "{route:?} is an operator route");
+    }
+    for route in [Route::IssueToken, Route::VerifyToken, Route::Metrics] {
+        assert!(!Route::PUBLIC.contains(&route), "{route:?} must stay off the public listener");
+    }
+}
+
+#[test]
+fn both_services_take_the_operator_token_from_the_secret_store() {
+    for path in ["copilot/producer/manifest.yml", "copilot/host/manifest.yml"] {
+        let m: Service = parse(path);
+        assert_eq!(secret_path(&m, "OPERATOR_TOKEN"), format!("{SECRETS}OPERATOR_TOKEN"), "{path}");
+        assert!(!m.variables.contains_key("OPERATOR_TOKEN"), "{path}: never a plain variable");
+        assert_eq!(m.variables.get("APP_ENV").map(text).as_deref(), Some("production"), "{path}: required there");
+    }
 }
 
 #[test]
@@ -367,9 +508,14 @@ fn the_dockerfile_builds_both_targets_as_the_manifests_expect() {
 
 #[test]
 fn no_secret_is_committed_in_the_deployment() {
-    for path in ["copilot/producer/manifest.yml", "copilot/host/manifest.yml", "Dockerfile"] {
+    for path in [
+        "copilot/producer/manifest.yml",
+        "copilot/producer/overrides/cfn.patches.yml",
+        "copilot/host/manifest.yml",
+        "Dockerfile",
+    ] {
         let text = read(path).to_ascii_lowercase();
-        for needle in ["password:", "aws_secret_access_key", "token_secret:"] {
+        for needle in ["password:", "aws_secret_access_key", "token_secret:", "operator_token:"] {
             let hit = text.lines().any(|l| l.trim_start().starts_with(needle) && !l.contains("/copilot/"));
             assert!(!hit, "{path} holds what looks like a secret ({needle})");
         }
