@@ -152,8 +152,10 @@ pub fn follow_events(host: String, tx: mpsc::Sender<serde_json::Value>) {
 #[derive(Debug)]
 pub struct System {
     children: Children,
-    /// The producer's base URL.
+    /// The producer's public base URL (`PORT`: health, ping, creating users).
     pub producer_url: String,
+    /// The producer's internal base URL (`INTERNAL_PORT`: the whole API), the hosts' `PRODUCER_URL`.
+    pub producer_internal_url: String,
     /// The host's base URL.
     pub host_url: String,
     /// Where logs and handlers live.
@@ -163,6 +165,7 @@ pub struct System {
     host_port: u16,
     host_starts: usize,
     producer_port: u16,
+    producer_internal_port: u16,
     producer_starts: usize,
 }
 
@@ -177,12 +180,14 @@ pub fn create_user(producer_url: &str, name: &str, email: &str) -> anyhow::Resul
     Ok(response["id"].as_str().context("the producer answered without an id")?.to_string())
 }
 
-/// The command that starts the producer on `port`.
-fn producer_command(bin: &Path, port: u16, brokers: &str) -> Command {
+/// The command that starts the producer with its public listener on `port` and its internal one on
+/// `internal_port`. In development, without OPERATOR_TOKEN, its operator routes are open.
+fn producer_command(bin: &Path, port: u16, internal_port: u16, brokers: &str) -> Command {
     let mut command = Command::new(bin.join("producer"));
     command
         .env("APP_ENV", "development")
         .env("PORT", port.to_string())
+        .env("INTERNAL_PORT", internal_port.to_string())
         .env("KAFKA_BROKERS", brokers)
         .stdout(Stdio::null());
     command
@@ -301,9 +306,10 @@ impl System {
             }
         };
         let producer_port = free_port(9001)?;
+        let producer_internal_port = free_port(9002)?;
         let host_port = free_port(9000)?;
         let producer_url = format!("http://127.0.0.1:{producer_port}");
-        let producer = producer_command(&bin, producer_port, &brokers)
+        let producer = producer_command(&bin, producer_port, producer_internal_port, &brokers)
             .stderr(log_file(&dir, "producer")?)
             .spawn()
             .context("cannot start the producer")?;
@@ -311,6 +317,7 @@ impl System {
         let mut system = Self {
             children,
             producer_url,
+            producer_internal_url: format!("http://127.0.0.1:{producer_internal_port}"),
             host_url: format!("http://127.0.0.1:{host_port}"),
             dir,
             bin,
@@ -318,6 +325,7 @@ impl System {
             host_port,
             host_starts: 0,
             producer_port,
+            producer_internal_port,
             producer_starts: 0,
         };
         system.start_host()?;
@@ -343,17 +351,19 @@ impl System {
         Ok(())
     }
 
-    /// The command that starts a host process on `port` in this system's consumer group.
+    /// The command that starts a host process on `port` in this system's consumer group. In
+    /// development, without OPERATOR_TOKEN, its operator routes are open.
     fn host_command(&self, port: u16) -> Command {
         let mut command = Command::new(self.bin.join("host"));
         command
+            .env("APP_ENV", "development")
             .env("PORT", port.to_string())
             .env("KAFKA_BROKERS", &self.brokers)
             .env("KAFKA_GROUP_ID", HOST_GROUP)
             .env("KAFKA_OPT_SESSION_TIMEOUT_MS", "6000")
             .env("KAFKA_OPT_MAX_POLL_INTERVAL_MS", "10000")
             .env("HANDLERS_DIR", self.dir.join("handlers"))
-            .env("PRODUCER_URL", &self.producer_url)
+            .env("PRODUCER_URL", &self.producer_internal_url)
             .env("RETRY_TOPIC_DELAY_MS", "2000")
             .env("EVENTS_TOPIC", EVENTS_TOPIC)
             // Neither librdkafka's mock broker nor Tansu answers a fetch early when records
@@ -413,7 +423,7 @@ impl System {
     pub fn start_producer(&mut self, stop: &AtomicBool) -> anyhow::Result<()> {
         self.producer_starts += 1;
         let log = format!("producer-{}", self.producer_starts);
-        let producer = producer_command(&self.bin, self.producer_port, &self.brokers)
+        let producer = producer_command(&self.bin, self.producer_port, self.producer_internal_port, &self.brokers)
             .stderr(log_file(&self.dir, &log)?)
             .spawn()
             .context("cannot start the producer")?;
