@@ -396,7 +396,7 @@ fn service_connect_serves_the_producers_internal_listener_and_the_load_balancer_
     // each named, so the patch adds no port and drops none.
     let mut ports: Vec<u16> = sc.port_mappings.iter().map(|p| p.container_port).collect();
     ports.sort_unstable();
-    let mut expected = vec![m.image.port, m.http.target(&m.image)];
+    let mut expected = [m.image.port, m.http.target(&m.image)];
     expected.sort_unstable();
     assert_eq!(ports, expected);
     assert!(sc.port_mappings.iter().all(|p| p.protocol == "tcp"));
