@@ -41,6 +41,26 @@ impl Env {
     }
 }
 
+/// `APP_ENV`: production refuses unsafe defaults (a missing secret or credential).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppEnv {
+    /// Every secret must be given.
+    Production,
+    /// Unsafe defaults are allowed, with a warning.
+    Development,
+}
+
+impl FromStr for AppEnv {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "production" | "prod" => Ok(Self::Production),
+            "development" | "dev" => Ok(Self::Development),
+            _ => Err("expected production or development".into()),
+        }
+    }
+}
+
 /// Collects the problems of one parse, so all of them are reported at once.
 #[derive(Debug, Default)]
 pub struct Problems(Vec<String>);

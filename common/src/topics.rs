@@ -31,10 +31,45 @@ pub enum TopicError {
     },
 }
 
-/// Creates every topic of `topics` that does not exist yet; returns the names it created.
+/// A topic to create when missing, with the topic configs to create it with (`retention.ms`,
+/// `max.message.bytes`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// The topic's name.
+    pub name: String,
+    /// Topic configs, name and value.
+    pub config: Vec<(&'static str, String)>,
+}
+
+impl TopicSpec {
+    /// A topic with the broker's default configs.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into(), config: Vec::new() }
+    }
+
+    /// The same topic with `key` set to `value`.
+    pub fn with(mut self, key: &'static str, value: impl ToString) -> Self {
+        self.config.push((key, value.to_string()));
+        self
+    }
+}
+
+/// Creates every topic of `topics` that does not exist yet, with the broker's default configs;
+/// returns the names it created.
 pub async fn ensure_topics(
     settings: &KafkaSettings,
     topics: &[&str],
+    timeout: Duration,
+) -> Result<Vec<String>, TopicError> {
+    let specs: Vec<TopicSpec> = topics.iter().map(|t| TopicSpec::new(*t)).collect();
+    ensure_topic_specs(settings, &specs, timeout).await
+}
+
+/// Creates every topic of `topics` that does not exist yet, with its configs (an existing
+/// topic's configs are left as they are); returns the names it created.
+pub async fn ensure_topic_specs(
+    settings: &KafkaSettings,
+    topics: &[TopicSpec],
     timeout: Duration,
 ) -> Result<Vec<String>, TopicError> {
     let admin: AdminClient<KafkaContext> = settings
@@ -53,19 +88,23 @@ pub async fn ensure_topics(
             .map(|t| t.name().to_string())
             .collect()
     };
-    let missing: Vec<&str> = topics.iter().copied().filter(|t| !existing.iter().any(|e| e == t)).collect();
+    let missing: Vec<&TopicSpec> = topics.iter().filter(|t| !existing.contains(&t.name)).collect();
     if missing.is_empty() {
         return Ok(Vec::new());
     }
     let new: Vec<NewTopic> = missing
         .iter()
-        .map(|t| NewTopic::new(t, settings.topic_partitions, TopicReplication::Fixed(settings.replication_factor)))
+        .map(|t| {
+            let topic =
+                NewTopic::new(&t.name, settings.topic_partitions, TopicReplication::Fixed(settings.replication_factor));
+            t.config.iter().fold(topic, |topic, (k, v)| topic.set(k, v))
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
-    let results = admin
-        .create_topics(&new, &options)
-        .await
-        .map_err(|e| TopicError::Create { topic: missing.join(","), reason: e.to_string() })?;
+    let results = admin.create_topics(&new, &options).await.map_err(|e| TopicError::Create {
+        topic: missing.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(","),
+        reason: e.to_string(),
+    })?;
     let mut created = Vec::new();
     for result in results {
         match result {

@@ -11,25 +11,7 @@ pub const DEVELOPMENT_SECRET: &str = "development-only-secret-do-not-use-in-prod
 /// Shortest `TOKEN_SECRET` accepted in production (HS256 wants at least 256 bits).
 pub const MIN_SECRET_BYTES: usize = 32;
 
-/// `APP_ENV`: production refuses unsafe defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AppEnv {
-    /// Every secret must be given.
-    Production,
-    /// Unsafe defaults are allowed, with a warning.
-    Development,
-}
-
-impl std::str::FromStr for AppEnv {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "production" | "prod" => Ok(Self::Production),
-            "development" | "dev" => Ok(Self::Development),
-            _ => Err("expected production or development".into()),
-        }
-    }
-}
+pub use common::env::AppEnv;
 
 /// Validated producer settings.
 #[derive(Clone)]
