@@ -3,7 +3,8 @@
 //! defaults overlaid with the optional `HANDLERS_DIR/<topic>.toml`.
 
 use crate::runtime::{EngineConfig, HandlerLimits, InstancePolicy};
-use common::env::{ConfigError, Env, Problems};
+use common::auth::OperatorToken;
+use common::env::{AppEnv, ConfigError, Env, Problems};
 use common::kafka::KafkaSettings;
 use common::telemetry::LogFormat;
 use serde::{Deserialize, Serialize};
@@ -109,6 +110,31 @@ impl HandlerSettings {
     }
 }
 
+/// Largest `<topic>.toml` read.
+pub const MAX_SETTINGS_BYTES: u64 = 64 * 1024;
+
+/// Reads a `<topic>.toml` settings file: a regular file of at most [`MAX_SETTINGS_BYTES`], UTF-8.
+pub fn read_settings_file(path: &std::path::Path) -> Result<String, String> {
+    let bytes = crate::runtime::read_file(path, MAX_SETTINGS_BYTES).map_err(|e| format!("{}: {e}", path.display()))?;
+    String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text", path.display()))
+}
+
+/// What a drain must leave of the consumer's `max.poll.interval.ms` (the commit after it, and
+/// leaving or rejoining the group).
+pub const DRAIN_MARGIN: Duration = Duration::from_secs(5);
+
+/// librdkafka's `max.poll.interval.ms` as the consumer will have it (its default, 300 s, unless
+/// passed through).
+fn max_poll_interval(kafka: &KafkaSettings) -> Duration {
+    kafka
+        .extra
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "max.poll.interval.ms")
+        .and_then(|(_, v)| v.parse().ok())
+        .map_or(Duration::from_secs(300), Duration::from_millis)
+}
+
 /// The host's validated configuration.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -135,6 +161,15 @@ pub struct HostConfig {
     pub reload_interval: Duration,
     /// How long in-flight records may take to finish at shutdown or revoke.
     pub drain_timeout: Duration,
+    /// `retention.ms` of the `<topic>.retry` topics the host creates.
+    pub retry_topic_retention: Duration,
+    /// `retention.ms` of the `<topic>.dlq` topics the host creates (`None`: kept forever).
+    pub dlq_retention: Option<Duration>,
+    /// Production or development (`APP_ENV`): production requires `OPERATOR_TOKEN`.
+    pub app_env: AppEnv,
+    /// The credential of the operator routes (`/metrics`, `/handlers`, `/events`); `None` (in
+    /// development only): they are open.
+    pub operator_token: Option<OperatorToken>,
     /// A Kafka topic that receives every event handlers publish, besides `GET /events`. Each is
     /// acknowledged by the broker before its record's offset is stored, so the topic holds every
     /// event of every record handled `ok` (at least once). `None`: the live stream only.
@@ -162,7 +197,17 @@ pub const VARIABLES: &[&str] = &[
     "RELOAD_INTERVAL_MS",
     "DRAIN_TIMEOUT_MS",
     "EVENTS_TOPIC",
+    "RETRY_TOPIC_RETENTION_MS",
+    "DLQ_RETENTION_MS",
+    "APP_ENV",
+    common::auth::VARIABLE,
 ];
+
+/// The longest a record may wait in a retry topic (the largest `retry_topic_delay_max_ms`).
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(7 * 86_400);
+/// What a retry topic's retention must add to that wait: a copy must outlive its wait and an
+/// outage of the host after it.
+const RETRY_RETENTION_MARGIN: Duration = Duration::from_secs(86_400);
 
 impl HostConfig {
     /// Reads and checks the environment; reports every bad variable at once.
@@ -170,12 +215,14 @@ impl HostConfig {
         let mut p = Problems::default();
         let kafka = KafkaSettings::from_env(env).map_err(|e| p.absorb(e)).ok();
         let group_id = env.get("KAFKA_GROUP_ID").unwrap_or("wasm-host").to_string();
-        let producer_url = env.get("PRODUCER_URL").unwrap_or("http://127.0.0.1:9001").to_string();
+        let producer_url = env.get("PRODUCER_URL").unwrap_or("http://127.0.0.1:9002").to_string();
         if let Err(e) = crate::producer_api::ProducerClient::new(&producer_url) {
             p.push(format!("PRODUCER_URL: {e}"));
         }
         let port = p.parse_in(env, "PORT", 9000u16, 0..=65535);
         let log_format = p.parse(env, "LOG_FORMAT", LogFormat::Text);
+        let app_env = p.parse(env, "APP_ENV", AppEnv::Production);
+        let operator_token = common::auth::operator_token(env, app_env == AppEnv::Production, &mut p);
 
         let engine_defaults = EngineConfig::default();
         let engine = EngineConfig {
@@ -229,6 +276,38 @@ impl HostConfig {
         }
         let reload_interval = Duration::from_millis(p.parse_in(env, "RELOAD_INTERVAL_MS", 250u64, 10..=60_000));
         let drain_timeout = Duration::from_millis(p.parse_in(env, "DRAIN_TIMEOUT_MS", 10_000u64, 0..=600_000));
+        // A revoke or a shutdown drains inside the consumer's poll: a drain longer than the
+        // group allows between polls would get the host expelled while it still works.
+        if let Some(kafka) = &kafka {
+            let max_poll = max_poll_interval(kafka);
+            if drain_timeout + DRAIN_MARGIN > max_poll {
+                p.push(format!(
+                    "DRAIN_TIMEOUT_MS={} leaves less than {} s of the consumer's max.poll.interval.ms={} \
+                     (KAFKA_OPT_MAX_POLL_INTERVAL_MS): lower the one or raise the other",
+                    drain_timeout.as_millis(),
+                    DRAIN_MARGIN.as_secs(),
+                    max_poll.as_millis()
+                ));
+            }
+        }
+        let min_retry_retention = (MAX_RETRY_DELAY + RETRY_RETENTION_MARGIN).as_millis() as u64;
+        let retry_topic_retention = Duration::from_millis(p.parse_in(
+            env,
+            "RETRY_TOPIC_RETENTION_MS",
+            14 * 86_400_000u64,
+            min_retry_retention..=u64::from(u32::MAX) * 1000,
+        ));
+        let dlq_retention =
+            match p.parse_in(env, "DLQ_RETENTION_MS", 28 * 86_400_000i64, -1..=i64::from(u32::MAX) * 1000) {
+                -1 => None,
+                ms if ms < 86_400_000 => {
+                    p.push(format!(
+                        "DLQ_RETENTION_MS={ms}: a dead-letter topic must keep records a day at least (-1: forever)"
+                    ));
+                    None
+                }
+                ms => Some(Duration::from_millis(ms.unsigned_abs())),
+            };
         let events_topic = env.get("EVENTS_TOPIC").filter(|t| !t.is_empty()).map(str::to_string);
         if let Some(Err(e)) = events_topic.as_deref().map(|t| crate::handlers::kafka_topic_name(t, 249)) {
             p.push(format!("EVENTS_TOPIC: {e}"));
@@ -248,6 +327,10 @@ impl HostConfig {
             engine,
             reload_interval,
             drain_timeout,
+            retry_topic_retention,
+            dlq_retention,
+            app_env,
+            operator_token,
             events_topic,
         })
     }
@@ -259,13 +342,27 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = HostConfig::from_env(&Env::default()).expect("defaults");
+        let c = HostConfig::from_env(&Env::from_pairs([("APP_ENV", "development")])).expect("defaults");
+        assert!(c.operator_token.is_none(), "operator routes open in development without a token");
         assert_eq!(c.group_id, "wasm-host");
         assert_eq!(c.port, 9000);
-        assert_eq!(c.producer_url, "http://127.0.0.1:9001");
+        assert_eq!(c.producer_url, "http://127.0.0.1:9002", "the producer's internal listener");
         assert_eq!(c.handlers_dir, PathBuf::from("./handlers"));
         assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
         assert_eq!(c.events_topic, None);
+    }
+
+    #[test]
+    fn production_requires_an_operator_token_and_never_prints_it() {
+        let err = HostConfig::from_env(&Env::default()).expect_err("production without a token");
+        assert!(err.to_string().contains("OPERATOR_TOKEN is required in production"), "{err}");
+        let secret = "s3cr3t-operator-token-of-32-bytes!";
+        let c = HostConfig::from_env(&Env::from_pairs([("OPERATOR_TOKEN", secret)])).expect("with a token");
+        assert_eq!(c.app_env, AppEnv::Production);
+        assert!(c.operator_token.is_some());
+        assert!(!format!("{c:?}").contains(secret), "the token is never printed");
+        let err = HostConfig::from_env(&Env::from_pairs([("OPERATOR_TOKEN", "short")])).expect_err("short");
+        assert!(err.to_string().contains("OPERATOR_TOKEN") && !err.to_string().contains("short\""), "{err}");
     }
 
     #[test]
@@ -277,11 +374,18 @@ mod tests {
             ("HANDLER_INSTANCE_POLICY", "sometimes"),
             ("RETRY_IN_PLACE_ATTEMPTS", "0"),
             ("EVENTS_TOPIC", "events/all"),
+            ("DRAIN_TIMEOUT_MS", "300000"),
         ]);
         let text = HostConfig::from_env(&env).expect_err("bad").to_string();
-        for needle in
-            ["PORT", "PRODUCER_URL", "call_timeout_ms", "HANDLER_INSTANCE_POLICY", "in_place_attempts", "EVENTS_TOPIC"]
-        {
+        for needle in [
+            "PORT",
+            "PRODUCER_URL",
+            "call_timeout_ms",
+            "HANDLER_INSTANCE_POLICY",
+            "in_place_attempts",
+            "EVENTS_TOPIC",
+            "DRAIN_TIMEOUT_MS",
+        ] {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }
     }

@@ -75,6 +75,9 @@ struct InvokeArgs {
     limits: Option<PathBuf>,
 }
 
+/// Largest `--value-file` read (a Kafka record is far smaller).
+const MAX_VALUE_FILE_BYTES: u64 = 64 << 20;
+
 fn parse_header(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
     if k.is_empty() {
@@ -177,7 +180,7 @@ fn run_invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
     };
     let value = match (&args.value, &args.value_file) {
         (Some(v), _) => Some(v.clone().into_bytes()),
-        (None, Some(path)) => Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?),
+        (None, Some(path)) => Some(host::runtime::read_file(path, MAX_VALUE_FILE_BYTES)?),
         (None, None) => None,
     };
     let producer = match &args.producer_url {

@@ -143,3 +143,57 @@ async fn invoke_with_bad_usage_exits_2() {
         assert!(out.stdout.is_empty(), "{args:?}");
     }
 }
+
+#[tokio::test]
+async fn invoke_of_a_guest_that_blocks_forever_ends_at_its_time_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = dir.path().join("t.toml");
+    std::fs::write(&limits, "[limits]\ncall_timeout_ms = 300\n").expect("write");
+    let started = std::time::Instant::now();
+    let out = host(&[
+        "invoke",
+        "--handler",
+        fixture("hostile").to_str().expect("utf8"),
+        "--topic",
+        "t",
+        "--key",
+        "block",
+        "--value",
+        "forever",
+        "--limits",
+        limits.to_str().expect("utf8"),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(json_line(&out)["outcome"], "timeout");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn check_and_invoke_refuse_a_device_or_an_oversized_file_without_reading_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let link = dir.path().join("zero.wasm");
+    std::os::unix::fs::symlink("/dev/zero", &link).expect("symlink");
+    let huge = dir.path().join("huge.wasm");
+    std::fs::File::create(&huge).expect("create").set_len(1 << 30).expect("a sparse 1 GiB file");
+    for (path, expected) in [(&link, "is not a regular file"), (&huge, "over the limit")] {
+        let path = path.to_str().expect("utf8");
+        let check = host(&["check", path]).await;
+        assert_eq!(check.status.code(), Some(2), "{check:?}");
+        assert!(String::from_utf8_lossy(&check.stderr).contains(expected), "{check:?}");
+        let invoke = host(&["invoke", "--handler", path, "--topic", "t"]).await;
+        assert_eq!(invoke.status.code(), Some(2), "{invoke:?}");
+        assert!(String::from_utf8_lossy(&invoke.stderr).contains(expected), "{invoke:?}");
+        let limits = host(&[
+            "invoke",
+            "--handler",
+            fixture("hostile").to_str().expect("utf8"),
+            "--topic",
+            "t",
+            "--limits",
+            path,
+        ])
+        .await;
+        assert_eq!(limits.status.code(), Some(2), "a settings file too: {limits:?}");
+    }
+}

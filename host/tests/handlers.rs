@@ -52,7 +52,10 @@ async fn new_user_issues_first_token_and_announces_the_user() {
     assert_eq!(seen[0].uri, "/producer-svc/tokens");
     let body: serde_json::Value = serde_json::from_slice(&seen[0].body).expect("json body");
     assert_eq!(body, serde_json::json!({"user_id": USER_ID}));
-    assert_eq!(seen[0].headers["idempotency-key"], "new-user-created:3:42:1");
+    assert_eq!(
+        support::key_without_digest(seen[0].headers["idempotency-key"].to_str().expect("ascii")),
+        "new-user-created:3:42:1"
+    );
     assert_eq!(seen[0].headers["content-type"], "application/json");
 
     assert_eq!(inv.events.len(), 1);
@@ -134,7 +137,10 @@ async fn issued_token_verifies_and_announces_valid_tokens() {
     let seen = stub.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].uri, "/producer-svc/tokens/verify");
-    assert_eq!(seen[0].headers["idempotency-key"], "issued-token:3:42:1");
+    assert_eq!(
+        support::key_without_digest(seen[0].headers["idempotency-key"].to_str().expect("ascii")),
+        "issued-token:3:42:1"
+    );
     assert_eq!(inv.events.len(), 1);
     assert_eq!(inv.events[0].kind, "token-verified");
     let payload: serde_json::Value = serde_json::from_str(&inv.events[0].payload).expect("json");

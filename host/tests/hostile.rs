@@ -186,5 +186,34 @@ async fn broken_wasm_files_are_rejected_one_by_one_and_the_loaded_handler_keeps_
         reqwest::get(format!("http://{}/handlers", host.addr)).await.expect("get").json().await.expect("json");
     let orders = status.as_array().and_then(|a| a.iter().find(|h| h["topic"] == "orders")).cloned().expect("orders");
     assert!(orders["last_error"].as_str().is_some_and(|e| !e.is_empty()), "the last rejection is shown: {orders}");
+
+    // Files the loader must refuse without reading them: a link to a device that never ends,
+    // and a (sparse) file of 1 GiB, far over the 64 MiB limit.
+    let rejected = broken.len();
+    let tmp = dir.path().join(".orders.wasm.tmp");
+    std::os::unix::fs::symlink("/dev/zero", &tmp).expect("symlink");
+    std::fs::rename(&tmp, dir.path().join("orders.wasm")).expect("rename");
+    let error = wait_rejected(host.addr, rejected + 1).await;
+    assert!(error.contains("not a regular file"), "{error}");
+    let file = std::fs::File::create(&tmp).expect("create");
+    file.set_len(1 << 30).expect("a sparse 1 GiB file");
+    std::fs::rename(&tmp, dir.path().join("orders.wasm")).expect("rename");
+    let error = wait_rejected(host.addr, rejected + 2).await;
+    assert!(error.contains("1073741824 bytes, over the limit"), "{error}");
+    produce(&p, "orders", 0, "echo", "still running", &[]).await;
+    assert_eq!(events.take(1, Duration::from_secs(10)).await.len(), 1, "the loaded handler still runs");
     host.shutdown().await;
+}
+
+/// Waits until `n` loads of `orders` were rejected; the last rejection's reason.
+async fn wait_rejected(addr: std::net::SocketAddr, n: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(addr, r#"host_reloads_total{topic="orders",kind="rejected"}"#).await < n as f64 {
+        assert!(Instant::now() < deadline, "rejection {n} did not come");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status: serde_json::Value =
+        reqwest::get(format!("http://{addr}/handlers")).await.expect("get").json().await.expect("json");
+    let orders = status.as_array().and_then(|a| a.iter().find(|h| h["topic"] == "orders")).cloned().expect("orders");
+    orders["last_error"].as_str().unwrap_or_default().to_string()
 }

@@ -160,9 +160,16 @@ async fn producer_calls_per_record_are_capped() {
     assert_eq!(inv.outcome, Outcome::Ok);
     assert_eq!(inv.events[0].payload, "995", "calls past the cap are denied");
     assert_eq!(stub.seen().len(), 5, "only 5 calls reached the producer");
+    assert_eq!(inv.calls.len(), 5, "calls past the cap are not recorded one by one");
+    assert_eq!(inv.dropped, 995, "they are counted");
     let keys: Vec<_> =
         stub.seen().iter().map(|s| s.headers["idempotency-key"].to_str().expect("ascii").to_string()).collect();
-    assert_eq!(keys, (1..=5).map(|n| format!("t:3:42:{n}")).collect::<Vec<_>>());
+    let digest = keys[0].split(':').nth(3).expect("the request's digest").to_string();
+    assert_eq!(
+        keys,
+        (1..=5).map(|n| format!("t:3:42:{digest}:{n}")).collect::<Vec<_>>(),
+        "the same request, repeated: one key per repeat"
+    );
 }
 
 #[tokio::test]
@@ -182,6 +189,11 @@ async fn producer_paths_cannot_leave_the_producer_service() {
         "/x@example.com",
         "/a\r\nHost: example.com",
         "/a b",
+        "/%%32%65%%32%65/admin",
+        "/%u002e%u002e/admin",
+        "/%c0%ae%c0%ae/admin",
+        "/admin;/producer-svc/ping-what",
+        "/a%0d%0aHost:%20example.com",
     ];
     let value = serde_json::to_string(&escapes).expect("json");
     let inv = misdeed(&mut worker, "call", &value).await;
@@ -209,6 +221,11 @@ async fn handlers_cannot_set_host_owned_or_malformed_headers() {
         r#"[["x-a","b\r\nHost: example.com"]]"#,
         r#"[["Transfer-Encoding","chunked"]]"#,
         r#"[["Content-Length","0"]]"#,
+        r#"[["idempotency_key","forged"]]"#,
+        r#"[["X-Forwarded","for=10.0.0.1"]]"#,
+        r#"[["x_forwarded_for","10.0.0.1"]]"#,
+        r#"[["X-Real-IP","10.0.0.1"]]"#,
+        r#"[["X-Original-URL","/admin"]]"#,
     ] {
         let inv = misdeed(&mut worker, "call-headers", headers).await;
         let v: serde_json::Value = serde_json::from_str(&inv.events[0].payload).expect("json");
@@ -220,7 +237,8 @@ async fn handlers_cannot_set_host_owned_or_malformed_headers() {
     let seen = stub.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].headers["x-trace"], "abc");
-    assert_eq!(seen[0].headers["idempotency-key"], "t:3:42:1");
+    let key = seen[0].headers["idempotency-key"].to_str().expect("ascii");
+    assert!(key.starts_with("t:3:42:") && key.ends_with(":1"), "{key}");
     assert_eq!(seen[0].headers["host"], stub.url.trim_start_matches("http://"));
 }
 
@@ -313,4 +331,68 @@ async fn the_guest_receives_every_record_field() {
     let inv = worker.invoke(&rec).await;
     let v: serde_json::Value = serde_json::from_str(&inv.events[0].payload).expect("json");
     assert_eq!(v["tombstone"], true);
+}
+
+#[tokio::test]
+async fn a_guest_blocked_on_a_clock_times_out_at_its_limit_and_the_worker_runs_the_next_record() {
+    let limits = HandlerLimits { call_timeout_ms: 300, ..HandlerLimits::default() };
+    let mut worker = hostile_worker(limits, ProducerClient::unconfigured());
+    for (key, value) in [("block", "60000"), ("block", "forever"), ("poll", "60000"), ("poll", "forever")] {
+        let started = Instant::now();
+        let inv = misdeed(&mut worker, key, value).await;
+        match &inv.outcome {
+            Outcome::Timeout(reason) => assert!(reason.contains("300 ms"), "{key} {value}: {reason}"),
+            other => panic!("{key} {value}: expected timeout, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "{key} {value}: cut off after {:?}", started.elapsed());
+        assert_next_record_runs(&mut worker).await;
+    }
+}
+
+#[tokio::test]
+async fn a_guest_that_blocks_in_its_start_code_times_out_at_every_instantiation() {
+    let engine = engine();
+    let limits = HandlerLimits { call_timeout_ms: 300, ..HandlerLimits::default() };
+    let mut worker = Worker::new(load(&engine, &fixture("blocks-at-start"), limits), ProducerClient::unconfigured());
+    for _ in 0..2 {
+        let started = Instant::now();
+        let inv = worker.invoke(&record("t", "ok", "")).await;
+        assert!(matches!(inv.outcome, Outcome::Timeout(_)), "{:?}", inv.outcome);
+        assert!(started.elapsed() < Duration::from_secs(2), "cut off after {:?}", started.elapsed());
+    }
+    assert_eq!(worker.instantiations(), 2, "each record tried a new instance");
+}
+
+#[tokio::test]
+async fn a_guest_blocked_in_a_batch_fails_the_batch_at_its_limit() {
+    let limits = HandlerLimits { call_timeout_ms: 300, ..HandlerLimits::default() };
+    let mut worker = hostile_worker(limits, ProducerClient::unconfigured());
+    let records: Vec<Record> = ["ok", "block", "ok"]
+        .iter()
+        .enumerate()
+        .map(|(i, key)| Record { offset: i as i64, ..record("t", key, "forever") })
+        .collect();
+    let started = Instant::now();
+    match worker.invoke_batch(&records, None).await {
+        host::runtime::BatchInvocation::Failed(reason) => assert!(reason.contains("timeout"), "{reason}"),
+        other => panic!("expected the batch to fail, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "cut off after {:?}", started.elapsed());
+    assert_next_record_runs(&mut worker).await;
+}
+
+#[tokio::test]
+async fn oversized_import_arguments_are_refused_or_cut_and_counted() {
+    let stub = StubProducer::start().await;
+    let limits = HandlerLimits { max_log_line_bytes: 100, max_event_bytes: 1000, ..HandlerLimits::default() };
+    let mut worker = hostile_worker(limits, ProducerClient::new(&stub.url).expect("url"));
+    let inv = misdeed(&mut worker, "header-flood", "33").await;
+    let v: serde_json::Value = serde_json::from_str(&inv.events[0].payload).expect("json");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("more than 32 headers")), "{v}");
+    assert_eq!(inv.calls.len(), 1, "a refused call counts against the per-record limit");
+    let inv = misdeed(&mut worker, "big-event", "1001").await;
+    assert!(inv.events.is_empty() && inv.dropped == 1, "{inv:?}");
+    let inv = misdeed(&mut worker, "log-line", "5000").await;
+    assert_eq!((inv.outcome, inv.dropped), (Outcome::Ok, 0));
+    assert!(stub.seen().is_empty(), "nothing reached the producer");
 }

@@ -13,7 +13,7 @@ pub const EXIT_USAGE: u8 = 2;
 
 /// Reads the limits of a `<topic>.toml` handler settings file (unknown keys rejected).
 pub fn read_limits(path: &Path) -> anyhow::Result<HandlerLimits> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let text = crate::config::read_settings_file(path).map_err(anyhow::Error::msg)?;
     HandlerSettings::default()
         .overlay(&text)
         .map(|s| s.limits)

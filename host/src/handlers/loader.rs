@@ -11,7 +11,7 @@ use super::registry::{ActiveHandler, HandlerCode, Registry};
 use super::valid_topic;
 use crate::config::HandlerSettings;
 use crate::metrics::{KindLabels, Metrics};
-use crate::runtime::{HandlerModule, WasmEngine};
+use crate::runtime::{HandlerModule, WasmEngine, read_file};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -128,12 +128,14 @@ impl Loader {
         valid_topic(topic)?;
         let wasm_path = self.dir.join(format!("{topic}.wasm"));
         let toml_path = self.dir.join(format!("{topic}.toml"));
-        let settings = match std::fs::read_to_string(&toml_path) {
-            Ok(text) => self.defaults.overlay(&text).map_err(|e| format!("{}: {e}", toml_path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.defaults.clone(),
-            Err(e) => return Err(format!("cannot read {}: {e}", toml_path.display())),
+        let settings = if toml_path.exists() {
+            let text = crate::config::read_settings_file(&toml_path)?;
+            self.defaults.overlay(&text).map_err(|e| format!("{}: {e}", toml_path.display()))?
+        } else {
+            self.defaults.clone()
         };
-        let bytes = std::fs::read(&wasm_path).map_err(|e| format!("cannot read {}: {e}", wasm_path.display()))?;
+        let bytes = read_file(&wasm_path, self.engine.config().max_component_bytes)
+            .map_err(|e| format!("{}: {e}", wasm_path.display()))?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         let current = self.registry.get(topic);
         let module = match current.as_ref().map(|a| (&a.code, &a.settings)) {

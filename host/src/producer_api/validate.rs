@@ -27,11 +27,44 @@ const RESERVED_HEADERS: &[&str] = &[
     "forwarded",
 ];
 
+/// Headers that proxies and frameworks read as the client's address, the original URL or method,
+/// or the real host: a handler could use them to pass for someone else or to reach another route.
+const SPOOFING_HEADERS: &[&str] = &[
+    "x-real-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-original-host",
+    "x-host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+];
+
+/// Prefixes of header names a handler may not use (after the same normalisation).
+const RESERVED_PREFIXES: &[&str] = &["proxy-", "x-forwarded", "x-amzn-", "x-envoy-"];
+
 /// Percent-encodings that could turn into path separators, dots, or further encodings when a
-/// server decodes the path.
+/// server decodes the path; denied anywhere in the path or query.
 const FORBIDDEN_ENCODINGS: &[&str] = &["%2e", "%2f", "%5c", "%25", "%00"];
 
 /// Checks a handler-given path and returns it unchanged when it is safe to append to the base URL.
+///
+/// Beyond the shape of the path (absolute, not `//`, visible ASCII, no `\`, `#` or `@`, no `.`
+/// or `..` segments), every `%` must start a well-formed escape (two hex digits: `%%32%65` and
+/// `%u002e` are denied, since a second decoding would make them `%2e` or a dot); no escape may
+/// decode to a control character, and none to a separator, a dot or another escape
+/// ([`FORBIDDEN_ENCODINGS`]). The route (before `?`) must not contain `;` (servers that take
+/// `;` for path parameters would route it elsewhere) nor escapes of non-ASCII bytes (overlong
+/// UTF-8 forms, and characters some servers fold into `.` or `/`); in the query, escaped bytes
+/// must form valid UTF-8.
 pub fn check_path(path: &str) -> Result<&str, String> {
     if path.len() > MAX_PATH_LEN {
         return Err(format!("path is longer than {MAX_PATH_LEN} bytes"));
@@ -52,22 +85,63 @@ pub fn check_path(path: &str) -> Result<&str, String> {
     if let Some(enc) = FORBIDDEN_ENCODINGS.iter().find(|e| lower.contains(*e)) {
         return Err(format!("path contains the encoded sequence {enc}, which is not allowed"));
     }
-    let route = path.split('?').next().unwrap_or_default();
+    let (route, query) = path.split_once('?').unwrap_or((path, ""));
+    if route.contains(';') {
+        return Err("path must not contain ';' before the query (path parameters)".into());
+    }
     if route.split('/').any(|segment| segment == "." || segment == "..") {
         return Err("path must not contain '.' or '..' segments".into());
+    }
+    let route_bytes = decode_escapes(route)?;
+    if route_bytes.iter().any(|b| !b.is_ascii()) {
+        return Err("path must not percent-encode non-ASCII bytes before the query".into());
+    }
+    if std::str::from_utf8(&decode_escapes(query)?).is_err() {
+        return Err("the query's percent-encoded bytes are not valid UTF-8".into());
     }
     Ok(path)
 }
 
-/// Checks one handler-given header.
+/// The bytes `text` stands for once its percent-escapes are decoded; an error for a `%` without
+/// two hex digits after it, or an escape of a control character.
+fn decode_escapes(text: &str) -> Result<Vec<u8>, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        let Some(byte) =
+            hex.filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit())).and_then(|h| u8::from_str_radix(h, 16).ok())
+        else {
+            return Err("path contains a '%' that is not followed by two hex digits".into());
+        };
+        if byte.is_ascii_control() {
+            return Err(format!("path contains the encoded control character %{byte:02x}"));
+        }
+        out.push(byte);
+        i += 3;
+    }
+    Ok(out)
+}
+
+/// Checks one handler-given header. Names are compared as servers may read them: case-insensitively
+/// and with `_` taken for `-` (some servers and gateways fold one into the other).
 pub fn check_header(name: &str, value: &str) -> Result<(), String> {
     let is_token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     if name.is_empty() || !name.chars().all(is_token) {
         return Err(format!("header name {name:?} is not a valid HTTP token"));
     }
-    let lower = name.to_ascii_lowercase();
-    if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("proxy-") || lower.starts_with("x-forwarded-") {
-        return Err(format!("header {name:?} is set by the host and cannot be set by a handler"));
+    let normalised = name.to_ascii_lowercase().replace('_', "-");
+    if RESERVED_HEADERS.contains(&normalised.as_str())
+        || SPOOFING_HEADERS.contains(&normalised.as_str())
+        || RESERVED_PREFIXES.iter().any(|p| normalised.starts_with(p))
+    {
+        return Err(format!("header {name:?} is set by the host or its proxies and cannot be set by a handler"));
     }
     if let Some(c) = value.chars().find(|&c| !(c == ' ' || c == '\t' || c.is_ascii_graphic())) {
         return Err(format!("header {name:?} has a forbidden character {c:?} in its value"));
@@ -93,7 +167,15 @@ mod tests {
 
     #[test]
     fn ordinary_paths_pass() {
-        for p in ["/producer-svc/tokens", "/producer-svc/tokens/verify", "/a?b=c&d=%20e", "/"] {
+        for p in [
+            "/producer-svc/tokens",
+            "/producer-svc/tokens/verify",
+            "/a?b=c&d=%20e",
+            "/",
+            "/a?name=Jos%C3%A9",
+            "/a?x=1;y=2",
+            "/users/%41b",
+        ] {
             assert_eq!(check_path(p), Ok(p));
         }
     }
@@ -118,6 +200,19 @@ mod tests {
             "/a b",
             "/caf\u{e9}",
             "",
+            "/%%32%65%%32%65/admin",
+            "/%u002e%u002e/admin",
+            "/a%2",
+            "/a%zz",
+            "/a%",
+            "/%c0%ae%c0%ae/admin",
+            "/%ef%bc%8f",
+            "/a?x=%c0%ae",
+            "/a%0a",
+            "/a?x=%0d%0a",
+            "/a%7f",
+            "/producer-svc/tokens;x=1",
+            "/admin;/producer-svc",
         ] {
             assert!(check_path(p).is_err(), "{p:?} should be denied");
         }
@@ -133,6 +228,16 @@ mod tests {
             ("content-length", "1"),
             ("Transfer-Encoding", "chunked"),
             ("x-forwarded-for", "1.2.3.4"),
+            ("X-Forwarded", "for=1.2.3.4"),
+            ("x_forwarded_for", "1.2.3.4"),
+            ("idempotency_key", "x"),
+            ("Content_Length", "1"),
+            ("X-Real-IP", "1.2.3.4"),
+            ("x_real_ip", "1.2.3.4"),
+            ("X-Original-URL", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("x-amzn-trace-id", "Root=1"),
             ("proxy-anything", "x"),
             ("x-a", "b\r\nHost: evil"),
             ("x a", "b"),

@@ -159,6 +159,19 @@ impl HandlerLimits {
         Ok(())
     }
 
+    /// The most bytes one call may pass from the guest to the host (an import's arguments, an
+    /// export's results, as wasmtime counts them when it lifts them): the largest argument the
+    /// limits let through (a request body with its path and headers, an event payload, a log
+    /// line), plus [`HOSTCALL_MARGIN`]. A call that passes more traps, before the host copies any
+    /// of it. wasmtime's own default is 128 MiB per call, far more than any handler needs.
+    pub fn hostcall_bytes(&self) -> usize {
+        let request = self.max_producer_request_bytes
+            + crate::producer_api::validate::MAX_HEADER_BYTES as u64
+            + crate::producer_api::validate::MAX_PATH_LEN as u64;
+        let largest = request.max(self.max_event_bytes.into()).max(self.max_log_line_bytes.into());
+        usize::try_from(largest + HOSTCALL_MARGIN).unwrap_or(usize::MAX)
+    }
+
     /// The call's wall-clock limit.
     pub fn call_timeout(&self) -> Duration {
         Duration::from_millis(self.call_timeout_ms)
@@ -169,6 +182,11 @@ impl HandlerLimits {
         Duration::from_millis(self.producer_timeout_ms)
     }
 }
+
+/// What one guest-to-host call may pass beyond the largest argument the limits let through:
+/// room for the other arguments and results (a batch's results with their reasons) and for the
+/// log lines and reasons a handler writes longer than the host keeps.
+pub const HOSTCALL_MARGIN: u64 = 1 << 20;
 
 /// Engine-wide settings, fixed for the life of the process.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use super::config::EngineConfig;
 use super::state::HostState;
-use crate::bindings::PackedBatchHandler;
+use crate::bindings::{batch, types};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -66,8 +66,12 @@ impl WasmEngine {
 
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(err)?;
-        // The batch worlds' imports are `handler`'s and `batch`: one linker serves all three worlds.
-        PackedBatchHandler::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s).map_err(err)?;
+        // The batch worlds' imports are `handler`'s and `batch`: one linker serves all three
+        // worlds. `producer-api` and `runtime` are defined by hand, so that their arguments are
+        // checked against the handler's limits before they are copied out of guest memory.
+        types::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s).map_err(err)?;
+        batch::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s).map_err(err)?;
+        super::imports::add_to_linker(&mut linker).map_err(err)?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {

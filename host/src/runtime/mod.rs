@@ -1,10 +1,11 @@
 //! The sandbox: a wasmtime engine shared by every handler ([`engine`]), handlers compiled and
-//! checked once ([`module`]), batches packed for `handle-packed` ([`packed`]), per-partition
+//! checked once ([`module`]), the imports whose arguments a guest sizes ([`imports`]), batches packed for `handle-packed` ([`packed`]), per-partition
 //! runners that apply the instance policy and limits ([`worker`]), the store data and host
 //! imports ([`state`]), and the named limits ([`config`]).
 
 pub mod config;
 pub mod engine;
+mod imports;
 pub mod module;
 pub mod packed;
 pub mod state;
@@ -12,5 +13,5 @@ pub mod worker;
 
 pub use config::{EngineConfig, HandlerLimits, InstancePolicy, InvalidLimit};
 pub use engine::{EngineError, WasmEngine};
-pub use module::{HandlerModule, LoadError};
+pub use module::{HandlerModule, LoadError, read_file};
 pub use worker::{BatchInvocation, Worker};

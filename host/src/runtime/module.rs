@@ -22,6 +22,12 @@ pub enum LoadError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The path is not a regular file (a directory, a device, a pipe).
+    #[error("{path} is not a regular file")]
+    NotAFile {
+        /// The path.
+        path: String,
+    },
     /// The file is over the engine's size limit.
     #[error("the component is {size} bytes, over the limit of {limit} bytes")]
     TooLarge {
@@ -80,19 +86,41 @@ impl std::fmt::Debug for HandlerModule {
     }
 }
 
+/// Reads `path` when it is a regular file (a symbolic link to one included) of at most `limit`
+/// bytes. The size is checked before reading and again while reading (never more than `limit` + 1
+/// bytes are read), so a file that grows, or a path that is a device or a pipe, cannot make the
+/// host read without end.
+pub fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>, LoadError> {
+    use std::io::Read as _;
+    let io = |source| LoadError::Io { path: path.display().to_string(), source };
+    let not_a_file = || LoadError::NotAFile { path: path.display().to_string() };
+    // Checked before opening: opening a pipe would wait for a writer.
+    if !std::fs::metadata(path).map_err(io)?.is_file() {
+        return Err(not_a_file());
+    }
+    let file = std::fs::File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(not_a_file());
+    }
+    if meta.len() > limit {
+        return Err(LoadError::TooLarge { size: meta.len(), limit });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(LoadError::TooLarge { size: bytes.len() as u64, limit });
+    }
+    Ok(bytes)
+}
+
 const WASM_MAGIC: &[u8; 4] = b"\0asm";
 const CORE_MODULE_VERSION: [u8; 4] = [1, 0, 0, 0];
 
 impl HandlerModule {
     /// Reads, compiles and checks a handler file.
     pub fn load_file(engine: &Arc<WasmEngine>, path: &Path, limits: HandlerLimits) -> Result<Self, LoadError> {
-        let io = |source| LoadError::Io { path: path.display().to_string(), source };
-        let size = std::fs::metadata(path).map_err(io)?.len();
-        let limit = engine.config().max_component_bytes;
-        if size > limit {
-            return Err(LoadError::TooLarge { size, limit });
-        }
-        let bytes = std::fs::read(path).map_err(io)?;
+        let bytes = read_file(path, engine.config().max_component_bytes)?;
         Self::load(engine, &bytes, limits)
     }
 

@@ -8,11 +8,12 @@
 
 use super::config::HandlerLimits;
 use crate::bindings::batch;
-use crate::bindings::host_runtime::{self, Level};
-use crate::bindings::producer_api::{self, CallError as WitCallError};
-use crate::producer_api::{CallBounds, CallError, Method, ProducerClient, Request};
+use crate::bindings::host_runtime::Level;
+use crate::producer_api::{CallBounds, CallError, ProducerClient, Request, Response};
 use crate::record::{CallSummary, Event};
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -31,10 +32,13 @@ pub struct CallContext {
     pub events: Vec<Event>,
     /// Log lines written so far.
     pub log_lines: u32,
-    /// Log lines and events dropped at a cap.
+    /// Log lines, events and producer calls dropped at a cap.
     pub dropped: u32,
-    /// When the current call's time limit runs out: producer calls get at most what is left.
-    pub deadline: Option<std::time::Instant>,
+    /// Digests of the producer requests made so far (see [`idempotency_key`]).
+    pub requests: Vec<u64>,
+    /// When the current call's time limit runs out: producer calls get at most what is left,
+    /// and the worker cuts off a guest still waiting in a host call then.
+    pub deadline: Deadline,
     /// A producer call was cut short by that limit: the call's outcome is `timeout`, whatever
     /// the guest answers afterwards.
     pub deadline_hit: bool,
@@ -57,6 +61,43 @@ pub struct CallContext {
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
+/// A store's current deadline, shared with the worker that runs the store: the guest's own
+/// host calls and the epoch callback read it through the store, and the worker reads it while
+/// the store is lent to a call in progress, to cut off a guest that waits in a host call (a WASI
+/// clock or poll, for instance) past it. Cheap to clone; `None` means no deadline.
+#[derive(Debug, Clone)]
+pub struct Deadline(Arc<AtomicU64>);
+
+/// The instant deadlines are counted from (nanoseconds after it; `u64::MAX` is none).
+fn deadline_origin() -> std::time::Instant {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(std::time::Instant::now)
+}
+
+impl Default for Deadline {
+    fn default() -> Self {
+        Self(Arc::new(AtomicU64::new(u64::MAX)))
+    }
+}
+
+impl Deadline {
+    /// The deadline, if one is set.
+    pub fn get(&self) -> Option<std::time::Instant> {
+        match self.0.load(Ordering::Acquire) {
+            u64::MAX => None,
+            nanos => Some(deadline_origin() + std::time::Duration::from_nanos(nanos)),
+        }
+    }
+
+    /// Sets (or, with `None`, clears) the deadline.
+    pub fn set(&self, deadline: Option<std::time::Instant>) {
+        let nanos = deadline.map_or(u64::MAX, |d| {
+            u64::try_from(d.saturating_duration_since(deadline_origin()).as_nanos()).unwrap_or(u64::MAX - 1)
+        });
+        self.0.store(nanos, Ordering::Release);
+    }
+}
+
 /// What one record of a batch collected, once the guest moved on to the next.
 #[derive(Debug, Default)]
 pub struct RecordTrace {
@@ -70,26 +111,51 @@ pub struct RecordTrace {
     pub duration: std::time::Duration,
 }
 
-/// Enforces the linear-memory cap and remembers that it was hit, so a failed `memory.grow` can be
-/// reported as the `memory` outcome rather than as a generic trap.
+/// Table elements one instance may hold, all its tables together.
+pub const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+/// Enforces the linear-memory cap on an instance as a whole (a component may define several
+/// memories and tables: the cap is their sum, not a cap each), and remembers that it was hit, so
+/// a failed `memory.grow` can be reported as the `memory` outcome rather than as a generic trap.
 #[derive(Debug)]
 pub struct MemoryCap {
     max_bytes: usize,
+    /// Bytes of every memory of the store so far.
+    memory_bytes: usize,
+    /// Elements of every table of the store so far.
+    table_elements: usize,
     /// Set when the guest asked for more than `max_bytes`.
     pub exceeded: bool,
 }
 
+impl MemoryCap {
+    fn new(max_bytes: usize) -> Self {
+        Self { max_bytes, memory_bytes: 0, table_elements: 0, exceeded: false }
+    }
+}
+
+/// Moves `total` from `current` to `desired` for one memory or table of the store, if the new total
+/// stays within `max`.
+fn grow_within(total: &mut usize, current: usize, desired: usize, max: usize) -> bool {
+    let grown = total.saturating_sub(current).saturating_add(desired);
+    if grown > max {
+        return false;
+    }
+    *total = grown;
+    true
+}
+
 impl wasmtime::ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if !grow_within(&mut self.memory_bytes, current, desired, self.max_bytes) {
             self.exceeded = true;
             return Ok(false);
         }
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(grow_within(&mut self.table_elements, current, desired, MAX_TABLE_ELEMENTS))
     }
 }
 
@@ -120,7 +186,7 @@ impl HostState {
         Self {
             wasi,
             table: ResourceTable::new(),
-            memory: MemoryCap { max_bytes, exceeded: false },
+            memory: MemoryCap::new(max_bytes),
             limits,
             producer,
             ctx: CallContext::default(),
@@ -137,13 +203,14 @@ impl HostState {
         self.ctx.ended_at = None;
         self.ctx.finished.clear();
         self.ctx.record_started = Some(started);
-        self.ctx.deadline = Some(started + self.limits.call_timeout());
+        self.ctx.deadline.set(Some(started + self.limits.call_timeout()));
         self.ctx.deadline_hit = false;
         self.ctx.topic.clear();
         self.ctx.topic.push_str(topic);
         self.ctx.partition = partition;
         self.ctx.offset = offset;
         self.ctx.calls.clear();
+        self.ctx.requests.clear();
         self.ctx.events.clear();
         self.ctx.log_lines = 0;
         self.ctx.dropped = 0;
@@ -168,6 +235,7 @@ impl HostState {
     /// Ends the current record at `now`: what it collected, and resets the per-record counts.
     fn take_trace(&mut self, now: std::time::Instant) -> RecordTrace {
         self.ctx.log_lines = 0;
+        self.ctx.requests.clear();
         RecordTrace {
             calls: std::mem::take(&mut self.ctx.calls),
             events: std::mem::take(&mut self.ctx.events),
@@ -235,7 +303,7 @@ impl HostState {
         // of one record, or one whose producer call was cut short by the limit (a record that
         // calls ends its step, so it is the step's only one), ends the batch with that record's
         // outcome `timeout`.
-        if self.ctx.deadline.is_some_and(|deadline| now >= deadline) {
+        if self.ctx.deadline.get().is_some_and(|deadline| now >= deadline) {
             if !self.ctx.deadline_hit && index - self.ctx.index > 1 {
                 return Err(wasmtime::Trap::Interrupt.into());
             }
@@ -251,7 +319,7 @@ impl HostState {
         self.ctx.index = index;
         self.ctx.offset = self.ctx.offsets[index];
         self.ctx.record_started = Some(now);
-        self.ctx.deadline = Some(now + self.limits.call_timeout());
+        self.ctx.deadline.set(Some(now + self.limits.call_timeout()));
         // Steps of about STEP_TIME at the pace so far (a quarter of the time limit if less),
         // so that a step stays well inside its limit and a stop is seen soon.
         let target = STEP_TIME.min(self.limits.call_timeout() / 4);
@@ -291,55 +359,62 @@ impl WasiView for HostState {
     }
 }
 
-impl From<producer_api::Method> for Method {
-    fn from(m: producer_api::Method) -> Self {
-        match m {
-            producer_api::Method::Get => Method::Get,
-            producer_api::Method::Post => Method::Post,
-            producer_api::Method::Put => Method::Put,
-            producer_api::Method::Patch => Method::Patch,
-            producer_api::Method::Delete => Method::Delete,
-        }
+/// The host side of `producer-api` and `runtime` (see [`super::imports`], which reads their
+/// arguments out of guest memory once these allow it).
+impl HostState {
+    /// The handler's limits.
+    pub fn limits(&self) -> &HandlerLimits {
+        &self.limits
     }
-}
 
-impl From<CallError> for WitCallError {
-    fn from(e: CallError) -> Self {
-        match e {
-            CallError::Unreachable(m) => WitCallError::Unreachable(m),
-            CallError::Timeout => WitCallError::Timeout,
-            CallError::Denied(m) => WitCallError::Denied(m),
-            CallError::TooLarge(n) => WitCallError::TooLarge(n),
-        }
-    }
-}
-
-impl producer_api::Host for HostState {
-    async fn call(&mut self, request: producer_api::Request) -> Result<producer_api::Response, WitCallError> {
+    /// Whether the current record may make another producer call; the denial otherwise (the
+    /// host ended the batch, or the per-record limit is reached: such a call is counted as
+    /// dropped, not recorded, so a guest calling in a loop costs the host nothing per call).
+    pub(super) fn producer_call_allowed(&mut self) -> Result<(), CallError> {
         if !self.import_used() {
-            return Err(WitCallError::Denied("the host ended the batch before this record".into()));
+            return Err(CallError::Denied("the host ended the batch before this record".into()));
         }
-        let request =
-            Request { method: request.method.into(), path: request.path, headers: request.headers, body: request.body };
+        if self.ctx.calls.len() >= self.limits.max_producer_calls as usize {
+            self.ctx.dropped = self.ctx.dropped.saturating_add(1);
+            return Err(CallError::Denied(format!(
+                "the limit of {} producer calls per record is reached",
+                self.limits.max_producer_calls
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records a call refused before it was read whole (over a size limit): it counts as one
+    /// of the record's calls.
+    pub(super) fn refuse_call(&mut self, denied: CallError) -> CallError {
+        self.ctx.calls.push(CallSummary {
+            method: String::new(),
+            path: String::new(),
+            status: None,
+            error: Some(denied.to_string()),
+        });
+        denied
+    }
+
+    /// Sends `request` to the producer within what is left of the record's time limit, with an
+    /// `Idempotency-Key` derived from the record and the request itself (see [`idempotency_key`]).
+    pub(super) async fn call_producer(&mut self, request: Request) -> Result<Response, CallError> {
         let mut summary = CallSummary {
             method: request.method.as_str().to_string(),
             path: request.path.clone(),
             status: None,
             error: None,
         };
-        let left = self.ctx.deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        let left = self.ctx.deadline.get().map(|d| d.saturating_duration_since(std::time::Instant::now()));
         let capped = left.is_some_and(|l| l < self.limits.producer_timeout());
         let result = if left.is_some_and(|l| l.is_zero()) {
             self.ctx.deadline_hit = true;
             Err(CallError::Timeout)
-        } else if self.ctx.calls.len() >= self.limits.max_producer_calls as usize {
-            Err(CallError::Denied(format!(
-                "the limit of {} producer calls per record is reached",
-                self.limits.max_producer_calls
-            )))
         } else {
-            let key =
-                format!("{}:{}:{}:{}", self.ctx.topic, self.ctx.partition, self.ctx.offset, self.ctx.calls.len() + 1);
+            let digest = request_digest(&request);
+            self.ctx.requests.push(digest);
+            let repeat = self.ctx.requests.iter().filter(|d| **d == digest).count();
+            let key = idempotency_key(&self.ctx.topic, self.ctx.partition, self.ctx.offset, digest, repeat);
             let bounds = CallBounds {
                 // A producer call never outlives the handler call's own time limit.
                 timeout: left.map_or(self.limits.producer_timeout(), |l| l.min(self.limits.producer_timeout())),
@@ -357,27 +432,25 @@ impl producer_api::Host for HostState {
         }
         self.ctx.calls.push(summary);
         result
-            .map(|r| producer_api::Response { status: r.status, headers: r.headers, body: r.body })
-            .map_err(Into::into)
     }
-}
 
-impl host_runtime::Host for HostState {
-    fn log(&mut self, level: Level, mut message: String) {
+    /// Whether the current record may write another log line: the longest line kept, in bytes;
+    /// `None` past the per-record cap (the line is counted as dropped) or after the host ended
+    /// the batch.
+    pub(super) fn log_line_allowed(&mut self) -> Option<usize> {
         if !self.import_used() {
-            return;
+            return None;
         }
         if self.ctx.log_lines >= self.limits.max_log_lines_per_record {
-            self.ctx.dropped += 1;
-            return;
+            self.ctx.dropped = self.ctx.dropped.saturating_add(1);
+            return None;
         }
         self.ctx.log_lines += 1;
-        let max = self.limits.max_log_line_bytes as usize;
-        if message.len() > max {
-            let cut = (0..=max).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
-            message.truncate(cut);
-            message.push('…');
-        }
+        Some(self.limits.max_log_line_bytes as usize)
+    }
+
+    /// Writes a handler's log line, tagged with the record.
+    pub(super) fn write_log(&self, level: Level, message: String) {
         let (topic, partition, offset) = (self.ctx.topic.as_str(), self.ctx.partition, self.ctx.offset);
         match level {
             Level::Trace => tracing::trace!(target: "handler", topic, partition, offset, "{message}"),
@@ -388,17 +461,27 @@ impl host_runtime::Host for HostState {
         }
     }
 
-    fn publish_event(&mut self, kind: String, payload: String) {
+    /// Whether the current record may publish another event: the largest payload accepted, in
+    /// bytes; `None` past the per-record cap (the event is counted as dropped) or after the
+    /// host ended the batch.
+    pub(super) fn event_allowed(&mut self) -> Option<usize> {
         if !self.import_used() {
-            return;
+            return None;
         }
-        let too_many = self.ctx.events.len() >= self.limits.max_events_per_record as usize;
-        let too_big = payload.len() > self.limits.max_event_bytes as usize;
-        let bad_kind = kind.is_empty() || kind.len() > 128 || kind.chars().any(char::is_control);
-        if too_many || too_big || bad_kind {
-            self.ctx.dropped += 1;
-            return;
+        if self.ctx.events.len() >= self.limits.max_events_per_record as usize {
+            self.ctx.dropped = self.ctx.dropped.saturating_add(1);
+            return None;
         }
+        Some(self.limits.max_event_bytes as usize)
+    }
+
+    /// Keeps an event `(kind, payload)` for the current record; `None` (an event over a limit)
+    /// is counted as dropped.
+    pub(super) fn push_event(&mut self, event: Option<(String, String)>) {
+        let Some((kind, payload)) = event else {
+            self.ctx.dropped = self.ctx.dropped.saturating_add(1);
+            return;
+        };
         self.ctx.events.push(Event {
             kind,
             payload,
@@ -409,13 +492,43 @@ impl host_runtime::Host for HostState {
     }
 }
 
+/// A request's identity for its idempotency key: its method, path and body (not its headers,
+/// which the producer does not compare either).
+fn request_digest(request: &Request) -> u64 {
+    let mut hasher = Sha256::new();
+    hasher.update(request.method.as_str());
+    hasher.update([0]);
+    hasher.update(request.path.as_bytes());
+    hasher.update([0]);
+    hasher.update(&request.body);
+    let digest = hasher.finalize();
+    u64::from_be_bytes(digest[..8].try_into().unwrap_or_default())
+}
+
+/// Longest idempotency key sent (the producer accepts up to 255 bytes).
+const MAX_KEY_BYTES: usize = 200;
+
+/// The `Idempotency-Key` of a producer call: the record (`topic:partition:offset`), the request's
+/// digest, and which repeat of that same request within the record this is (1 for the first).
+/// A redelivered record, whichever handler version runs it, sends the same request under the
+/// same key (so the producer answers it from its window); a different request never shares a
+/// key (so a new version that calls differently is not refused as a conflict). A topic too long
+/// for the key is replaced by its digest.
+pub fn idempotency_key(topic: &str, partition: i32, offset: i64, request: u64, repeat: usize) -> String {
+    let key = format!("{topic}:{partition}:{offset}:{request:016x}:{repeat}");
+    if key.len() <= MAX_KEY_BYTES {
+        return key;
+    }
+    let topic = hex::encode(&Sha256::digest(topic.as_bytes())[..16]);
+    format!("sha256-{topic}:{partition}:{offset}:{request:016x}:{repeat}")
+}
+
 impl crate::bindings::types::Host for HostState {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::bindings::batch::Host as _;
-    use crate::bindings::host_runtime::Host as _;
     use std::time::{Duration, Instant};
 
     fn batch_of(records: i64) -> HostState {
@@ -443,7 +556,8 @@ mod tests {
         assert_eq!(state.advance(1).expect("advance"), 1);
         assert!(state.advance(3).is_err(), "past what the step allowed");
         assert!(state.advance(2).expect("advance") > 1, "quick again: a longer step");
-        state.publish_event("kind".into(), "{}".into());
+        assert!(state.event_allowed().is_some());
+        state.push_event(Some(("kind".into(), "{}".into())));
         assert!(state.advance(4).is_err(), "the event ended the step at record 2");
         assert!(state.advance(3).expect("advance") >= 1);
         let traces = state.finish_batch(4, Instant::now()).expect("four results");
@@ -465,12 +579,12 @@ mod tests {
     fn a_step_of_several_records_past_its_limit_fails_the_batch_and_one_record_times_out() {
         let mut state = batch_of(8);
         state.advance(1).expect("advance");
-        state.ctx.deadline = Some(Instant::now() - Duration::from_millis(1));
+        state.ctx.deadline.set(Some(Instant::now() - Duration::from_millis(1)));
         let error = state.advance(3).expect_err("two records past the limit");
         assert_eq!(error.downcast_ref::<wasmtime::Trap>(), Some(&wasmtime::Trap::Interrupt));
         let mut state = batch_of(8);
         state.advance(1).expect("advance");
-        state.ctx.deadline = Some(Instant::now() - Duration::from_millis(1));
+        state.ctx.deadline.set(Some(Instant::now() - Duration::from_millis(1)));
         assert_eq!(state.advance(2).expect("advance"), 0, "one record past the limit ends the batch");
         assert!(state.ctx.deadline_hit, "its outcome is timeout");
         assert_eq!(state.finish_batch(2, Instant::now()).map(|t| t.len()), Some(2));
@@ -482,19 +596,10 @@ mod tests {
         let mut state = HostState::new(Arc::new(HandlerLimits::default()), ProducerClient::unconfigured());
         state.begin_batch("orders", 0, 0..8, Some(stopped));
         assert_eq!(state.advance(1).expect("advance"), 0);
-        state.publish_event("kind".into(), "{}".into());
-        state.log(Level::Info, "line".into());
-        let call = producer_api::Host::call(
-            &mut state,
-            producer_api::Request {
-                method: producer_api::Method::Get,
-                path: "/producer-svc/ping".into(),
-                headers: vec![],
-                body: vec![],
-            },
-        )
-        .await;
-        assert!(matches!(call, Err(WitCallError::Denied(_))), "{call:?}");
+        assert_eq!(state.event_allowed(), None, "no event");
+        assert_eq!(state.log_line_allowed(), None, "no log line");
+        let call = state.producer_call_allowed();
+        assert!(matches!(call, Err(CallError::Denied(_))), "{call:?}");
         let traces = state.finish_batch(1, Instant::now()).expect("one result");
         assert!(traces[0].events.is_empty() && traces[0].calls.is_empty() && traces[0].dropped == 0);
     }
@@ -530,5 +635,45 @@ mod tests {
         state.begin_batch("orders", 0, 0..8, Some(stopped));
         assert_eq!(state.advance(1).expect("advance"), 0);
         assert_eq!(state.finish_batch(1, Instant::now()).map(|t| t.len()), Some(1));
+    }
+
+    #[test]
+    fn idempotency_keys_name_the_record_and_the_request_and_stay_short() {
+        let key = idempotency_key("orders", 3, 42, 0xab, 1);
+        assert_eq!(key, "orders:3:42:00000000000000ab:1");
+        assert_ne!(key, idempotency_key("orders", 3, 42, 0xab, 2), "a repeat of the same request");
+        assert_ne!(key, idempotency_key("orders", 3, 42, 0xac, 1), "another request");
+        let long = idempotency_key(&"t".repeat(249), i32::MAX, i64::MAX, u64::MAX, 10_000);
+        assert!(long.len() <= MAX_KEY_BYTES, "{} bytes", long.len());
+        assert_ne!(long, idempotency_key(&"u".repeat(249), i32::MAX, i64::MAX, u64::MAX, 10_000));
+    }
+
+    #[test]
+    fn calls_past_the_per_record_cap_are_counted_not_kept() {
+        let limits = HandlerLimits { max_producer_calls: 2, ..HandlerLimits::default() };
+        let mut state = HostState::new(Arc::new(limits), ProducerClient::unconfigured());
+        state.begin("orders", 0, 7, Instant::now());
+        for _ in 0..2 {
+            assert!(state.producer_call_allowed().is_ok());
+            let _ = state.refuse_call(CallError::Denied("too big".into()));
+        }
+        for _ in 0..10_000 {
+            assert!(state.producer_call_allowed().is_err());
+        }
+        assert_eq!(state.ctx.calls.len(), 2, "refused calls count, calls past the cap are not kept");
+        assert_eq!(state.ctx.dropped, 10_000);
+    }
+
+    #[test]
+    fn memory_and_tables_are_capped_per_instance_not_per_memory() {
+        use wasmtime::ResourceLimiter as _;
+        let mut cap = MemoryCap::new(64 << 20);
+        assert!(cap.memory_growing(0, 40 << 20, None).expect("grow"), "a first memory of 40 MiB");
+        assert!(!cap.memory_growing(0, 40 << 20, None).expect("grow"), "a second 40 MiB memory is over the cap");
+        assert!(cap.exceeded);
+        assert!(cap.memory_growing(0, 24 << 20, None).expect("grow"), "24 MiB more fit");
+        assert!(!cap.memory_growing(40 << 20, (40 << 20) + 1, None).expect("grow"), "not one byte more");
+        assert!(cap.table_growing(0, MAX_TABLE_ELEMENTS / 2, None).expect("grow"));
+        assert!(!cap.table_growing(0, MAX_TABLE_ELEMENTS, None).expect("grow"), "tables share one cap");
     }
 }

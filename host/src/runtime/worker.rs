@@ -15,12 +15,12 @@
 use super::config::{HandlerLimits, InstancePolicy};
 use super::module::{HandlerModule, Pre};
 use super::packed;
-use super::state::{HostState, RecordTrace};
+use super::state::{Deadline, HostState, RecordTrace};
 use crate::bindings::types::HandlerError;
 use crate::bindings::{BatchHandler, Handler, PackedBatchHandler};
 use crate::producer_api::ProducerClient;
 use crate::record::{Invocation, Outcome, Record};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 /// An instance's exports, by the world its component targets.
@@ -123,19 +123,28 @@ impl Worker {
         // is armed per call.
         live.store.data_mut().begin(&record.topic, record.partition, record.offset, started);
         self.arm(&mut live.store);
-        let called = match &live.exports {
-            Exports::Single(e) => e.call_handle(&mut live.store, record).await,
-            Exports::Batch(e) => e.call_handle(&mut live.store, record).await,
-            Exports::Packed(e) => e.call_handle(&mut live.store, record).await,
-        };
+        let deadline = live.store.data().ctx.deadline.clone();
+        let called = bounded(&deadline, async {
+            match &live.exports {
+                Exports::Single(e) => e.call_handle(&mut live.store, record).await,
+                Exports::Batch(e) => e.call_handle(&mut live.store, record).await,
+                Exports::Packed(e) => e.call_handle(&mut live.store, record).await,
+            }
+        })
+        .await;
         let outcome = match called {
-            _ if live.store.data().ctx.deadline_hit => {
+            // Cut off while waiting in a host call: the instance is dropped below.
+            None => Outcome::Timeout(format!(
+                "the guest was still waiting in a host call at its {} ms time limit",
+                limits.call_timeout_ms
+            )),
+            Some(_) if live.store.data().ctx.deadline_hit => {
                 Outcome::Timeout(format!("a producer call reached the {} ms time limit", limits.call_timeout_ms))
             }
-            Ok(Ok(())) => Outcome::Ok,
-            Ok(Err(HandlerError::Retry(reason))) => Outcome::Retry(reason),
-            Ok(Err(HandlerError::Reject(reason))) => Outcome::Reject(reason),
-            Err(error) => classify(&error, live.store.data().memory.exceeded, &limits),
+            Some(Ok(Ok(()))) => Outcome::Ok,
+            Some(Ok(Err(HandlerError::Retry(reason)))) => Outcome::Retry(reason),
+            Some(Ok(Err(HandlerError::Reject(reason)))) => Outcome::Reject(reason),
+            Some(Err(error)) => classify(&error, live.store.data().memory.exceeded, &limits),
         };
 
         let ctx = &mut live.store.data_mut().ctx;
@@ -205,17 +214,32 @@ impl Worker {
             stop.cloned(),
         );
         self.arm(&mut live.store);
-        let called = match (&live.exports, packed) {
+        let deadline = live.store.data().ctx.deadline.clone();
+        let (called, packed) = match (&live.exports, packed) {
             (Exports::Packed(exports), Some(packed)) => {
-                let called = exports.call_handle_packed(&mut live.store, &packed).await;
-                // Kept for the next batch, unless an unusually large batch grew it.
-                if packed.data.capacity() <= KEEP_PACKED_BYTES {
-                    self.packed = packed.data;
-                }
-                called
+                (bounded(&deadline, exports.call_handle_packed(&mut live.store, &packed)).await, Some(packed))
             }
-            (Exports::Batch(exports), _) => exports.call_handle_batch(&mut live.store, records).await,
+            (Exports::Batch(exports), _) => {
+                (bounded(&deadline, exports.call_handle_batch(&mut live.store, records)).await, None)
+            }
             _ => return BatchInvocation::Failed("the instance does not export a batch function".into()),
+        };
+        // Kept for the next batch, unless an unusually large batch grew it.
+        if let Some(packed) = packed
+            && packed.data.capacity() <= KEEP_PACKED_BYTES
+        {
+            self.packed = packed.data;
+        }
+        let Some(called) = called else {
+            // Cut off while waiting in a host call: the instance is dropped, and the records
+            // are redone one by one, each with its own limit.
+            return BatchInvocation::Failed(format!(
+                "in the step from record {} of {}: timeout: the guest was still waiting in a host call at its {} ms \
+                 time limit",
+                live.store.data().ctx.index + 1,
+                records.len(),
+                limits.call_timeout_ms
+            ));
         };
 
         let state = live.store.data_mut();
@@ -289,17 +313,20 @@ impl Worker {
 
     /// Arms the epoch deadline for the first slice of the store's current deadline.
     fn arm(&self, store: &mut Store<HostState>) {
-        let ticks = slice_ticks(self.module.engine(), store.data().ctx.deadline, Instant::now());
+        let ticks = slice_ticks(self.module.engine(), store.data().ctx.deadline.get(), Instant::now());
         store.set_epoch_deadline(ticks);
     }
 
     async fn instantiate(&mut self) -> Result<Live, Outcome> {
         let module = &self.module;
-        let mut state = HostState::new(module.limits().clone(), self.producer.clone());
+        let state = HostState::new(module.limits().clone(), self.producer.clone());
         // Instantiation (the guest's start code) runs under the same limit as a record.
-        state.ctx.deadline = Some(Instant::now() + module.limits().call_timeout());
+        state.ctx.deadline.set(Some(Instant::now() + module.limits().call_timeout()));
+        let deadline = state.ctx.deadline.clone();
         let mut store = Store::new(module.engine().engine(), state);
         store.limiter(|s| &mut s.memory);
+        // What one call may hand the host, from the handler's limits (see `hostcall_bytes`).
+        store.set_hostcall_fuel(module.limits().hostcall_bytes());
         self.arm(&mut store);
         // The epoch deadline is a time slice: when it runs out, the guest yields its thread (a
         // long handler, or a long batch, must not starve the other tasks), and the record's own
@@ -307,7 +334,7 @@ impl Worker {
         let engine = module.engine().clone();
         store.epoch_deadline_callback(move |store| {
             let now = Instant::now();
-            match store.data().ctx.deadline {
+            match store.data().ctx.deadline.get() {
                 Some(deadline) if deadline > now => {
                     Ok(UpdateDeadline::Yield(slice_ticks(&engine, Some(deadline), now)))
                 }
@@ -323,16 +350,40 @@ impl Worker {
                 Pre::Packed(pre) => pre.instantiate_async(&mut store).await.map(Exports::Packed),
             }
         };
-        let instantiated = tokio::time::timeout(limits.call_timeout(), instantiating).await;
+        let instantiated = bounded(&deadline, instantiating).await;
         match instantiated {
-            Err(_) => {
-                Err(Outcome::Timeout(format!("instantiation did not finish within {} ms", limits.call_timeout_ms)))
-            }
-            Ok(Err(error)) => Err(match classify(&error, store.data().memory.exceeded, limits) {
+            None => Err(Outcome::Timeout(format!("instantiation did not finish within {} ms", limits.call_timeout_ms))),
+            Some(Err(error)) => Err(match classify(&error, store.data().memory.exceeded, limits) {
                 Outcome::Trap(reason) => Outcome::Trap(format!("instantiation failed: {reason}")),
                 other => other,
             }),
-            Ok(Ok(exports)) => Ok(Live { store, exports, handled: 0 }),
+            Some(Ok(exports)) => Ok(Live { store, exports, handled: 0 }),
+        }
+    }
+}
+
+/// How long after a deadline a guest still waiting in a host call is cut off. The guest's own
+/// paths end at the deadline itself (an epoch interrupt in guest code; a producer call's
+/// timeout, which then lets the guest return its answer); this grace lets them win, so a call
+/// is dropped only when nothing else would end it.
+const CUT_OFF_GRACE: Duration = Duration::from_millis(50);
+
+/// Runs a guest call until it returns, or `None` once `deadline` (which the call itself may move,
+/// as a batch's steps do) is more than [`CUT_OFF_GRACE`] past: whatever the guest waits on (a
+/// WASI clock's `block`, `poll` on a long timer, any host future), the call ends. Dropping the
+/// call unwinds the guest's stack; its instance must not be used again.
+async fn bounded<F: Future>(deadline: &Deadline, call: F) -> Option<F::Output> {
+    let mut call = std::pin::pin!(call);
+    loop {
+        let Some(at) = deadline.get() else { return Some(call.await) };
+        tokio::select! {
+            biased;
+            out = &mut call => return Some(out),
+            () = tokio::time::sleep_until((at + CUT_OFF_GRACE).into()) => {
+                if deadline.get().is_some_and(|d| d + CUT_OFF_GRACE <= Instant::now()) {
+                    return None;
+                }
+            }
         }
     }
 }
@@ -340,7 +391,7 @@ impl Worker {
 /// Epoch ticks until the next check: a slice, or what is left until `deadline` if that is
 /// sooner (at least one tick).
 fn slice_ticks(engine: &super::WasmEngine, deadline: Option<Instant>, now: Instant) -> u64 {
-    let left = deadline.map_or(std::time::Duration::ZERO, |d| d.saturating_duration_since(now));
+    let left = deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(now));
     engine.ticks_for(left).min(SLICE_TICKS)
 }
 

@@ -90,6 +90,7 @@ pub fn host_env(
 ) -> HostConfig {
     let mut pairs: Vec<(String, String)> = vec![
         ("KAFKA_BROKERS".into(), mock.bootstrap_servers()),
+        ("APP_ENV".into(), "development".into()),
         ("KAFKA_GROUP_ID".into(), group.into()),
         ("HANDLERS_DIR".into(), dir.display().to_string()),
         ("PORT".into(), "0".into()),

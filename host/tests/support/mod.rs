@@ -62,6 +62,17 @@ pub fn record(topic: &str, key: &str, value: &str) -> Record {
     }
 }
 
+/// An `Idempotency-Key` (`topic:partition:offset:request:n`) without its request digest:
+/// `topic:partition:offset:n`, for tests that check which record and which repeat a call was.
+pub fn key_without_digest(key: &str) -> String {
+    let mut parts: Vec<&str> = key.rsplitn(5, ':').collect();
+    parts.reverse();
+    if parts.len() == 5 {
+        parts.remove(3);
+    }
+    parts.join(":")
+}
+
 /// How the stub answers `POST /producer-svc/tokens`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenMode {
@@ -138,14 +149,15 @@ impl StubProducer {
     }
 
     /// The records handled so far, as (partition, offset), read from the Idempotency-Key
-    /// (`topic:partition:offset:n`) of every request, duplicates included.
+    /// (`topic:partition:offset:request:n`) of every request, duplicates included.
     pub fn handled(&self) -> Vec<(i32, i64)> {
         self.seen()
             .iter()
             .filter_map(|s| {
                 let key = s.headers.get("idempotency-key")?.to_str().ok()?;
-                let mut parts = key.rsplitn(4, ':');
+                let mut parts = key.rsplitn(5, ':');
                 let _n = parts.next()?;
+                let _request = parts.next()?;
                 let offset = parts.next()?.parse().ok()?;
                 let partition = parts.next()?.parse().ok()?;
                 Some((partition, offset))

@@ -81,6 +81,46 @@ impl handler_sdk::Guest for Hostile {
                 );
                 Ok(())
             }
+            // Waits in WASI, where no epoch interrupt reaches it, for the value's milliseconds
+            // (forever without a number): on a clock pollable's `block`, or in `poll`.
+            "block" | "poll" => {
+                let ns = value_str(record).parse::<u64>().map_or(u64::MAX, |ms| ms.saturating_mul(1_000_000));
+                let timer = wasip2::clocks::monotonic_clock::subscribe_duration(ns);
+                if key == "block" {
+                    timer.block();
+                } else {
+                    wasip2::io::poll::poll(&[&timer]);
+                }
+                Ok(())
+            }
+            // One import call whose arguments are as large as the value says: a call with that
+            // many (empty) headers, one log line or one event payload of that many bytes. The
+            // result of the call, if any, becomes an event.
+            "header-flood" | "log-line" | "big-event" => {
+                let n: usize = value_str(record).parse().unwrap_or(0);
+                match key.as_str() {
+                    "header-flood" => {
+                        let result = producer_api::call(&Request {
+                            method: Method::Get,
+                            path: "/producer-svc/ping-what".into(),
+                            headers: vec![(String::new(), String::new()); n],
+                            body: vec![],
+                        });
+                        publish_event(
+                            "call",
+                            &serde_json::json!({ "error": result.err().map(|e| format!("{e:?}")) }).to_string(),
+                        );
+                    }
+                    "log-line" => log(Level::Info, &"x".repeat(n)),
+                    _ => publish_event("big", &"x".repeat(n)),
+                }
+                Ok(())
+            }
+            // Text meant to pass for the host's own log lines: logged, then given as a reason.
+            "forge" => {
+                log(Level::Warn, &value_str(record));
+                Err(HandlerError::Reject(value_str(record)))
+            }
             "retry" => Err(HandlerError::Retry(value_str(record))),
             "reject" => Err(HandlerError::Reject(value_str(record))),
             "loop" => loop {
