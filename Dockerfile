@@ -25,8 +25,8 @@ RUN cargo build --release --locked -p host -p producer \
 FROM gcr.io/distroless/cc-debian12:nonroot AS producer
 COPY --from=builder /src/target/release/producer /usr/local/bin/producer
 USER 65532:65532
-EXPOSE 9001
-ENV PORT=9001
+EXPOSE 9001 9002
+ENV PORT=9001 INTERNAL_PORT=9002
 ENTRYPOINT ["/usr/local/bin/producer"]
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS host

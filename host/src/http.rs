@@ -1,10 +1,12 @@
-//! The host's HTTP API (axum): health (`/`, `/healthz`, `/readyz`), the inter-service `/ping`,
-//! Prometheus `/metrics`, `/handlers` status, and the `/events` Server-Sent Events stream.
+//! The host's HTTP API (axum): health (`/`, `/healthz`, `/readyz`) and the inter-service `/ping`
+//! for anyone; the operator routes, Prometheus `/metrics`, `/handlers` status and the `/events`
+//! Server-Sent Events stream (every handled user's data), only with
+//! `Authorization: Bearer <OPERATOR_TOKEN>` (open in development when no token is set).
 
 use crate::events::EventHub;
 use crate::handlers::Registry;
 use crate::metrics::Metrics;
-use crate::pipeline::Health;
+use crate::pipeline::{Health, STALL_REPORTED_AFTER};
 use crate::producer_api::{CallBounds, Method, ProducerClient, Request};
 use axum::Router;
 use axum::extract::State;
@@ -36,18 +38,21 @@ pub struct ApiState {
     pub health: Arc<Health>,
     /// Turns true at shutdown: open event streams end so the server can stop.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The operator routes' credential (`None`: open).
+    pub operator_token: Option<common::auth::OperatorToken>,
 }
 
 /// The router.
 pub fn router(state: ApiState) -> Router {
+    let operator =
+        Router::new().route("/metrics", get(metrics)).route("/handlers", get(handlers)).route("/events", get(events));
+    let operator = common::auth::protect(operator, state.operator_token.clone());
     Router::new()
         .route("/", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "alive"})) }))
         .route("/readyz", get(readyz))
         .route("/ping", get(ping))
-        .route("/metrics", get(metrics))
-        .route("/handlers", get(handlers))
-        .route("/events", get(events))
+        .merge(operator)
         .fallback(|uri: Uri| async move { error(StatusCode::NOT_FOUND, format!("no route for {}", uri.path())) })
         .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into()) })
         .with_state(state)
@@ -60,13 +65,19 @@ fn error(status: StatusCode, message: String) -> Response {
 async fn readyz(State(s): State<ApiState>) -> Response {
     let mut reasons = Vec::new();
     if s.registry.active_topics().is_empty() {
-        reasons.push("no handler is loaded");
+        reasons.push("no handler is loaded".to_string());
     }
     if !s.health.joined.load(Ordering::Relaxed) {
-        reasons.push("the consumer has not joined its group yet");
+        reasons.push("the consumer has not joined its group yet".into());
     }
     if s.health.brokers_down.load(Ordering::Relaxed) {
-        reasons.push("all brokers are down");
+        reasons.push("all brokers are down".into());
+    }
+    for stall in s.health.stalled().into_iter().filter(|s| s.seconds >= STALL_REPORTED_AFTER.as_secs()) {
+        reasons.push(format!(
+            "partition {}/{} has not moved on for {} s: {}",
+            stall.topic, stall.partition, stall.seconds, stall.reason
+        ));
     }
     if reasons.is_empty() {
         axum::Json(serde_json::json!({"ready": true})).into_response()
@@ -95,7 +106,13 @@ async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
 }
 
 async fn handlers(State(s): State<ApiState>) -> impl IntoResponse {
-    axum::Json(s.registry.statuses())
+    let stalled = s.health.stalled();
+    let mut statuses = s.registry.statuses();
+    for status in &mut statuses {
+        let retry = crate::handlers::retry_topic(&status.topic);
+        status.stalled = stalled.iter().filter(|st| st.topic == status.topic || st.topic == retry).cloned().collect();
+    }
+    axum::Json(statuses)
 }
 
 async fn events(State(s): State<ApiState>) -> Sse<impl Stream<Item = Result<SseEvent, std::convert::Infallible>>> {

@@ -56,7 +56,8 @@ pub struct Metrics {
     pub dead_lettered: Family<KindLabels, Counter>,
     /// Handler loads by result (`ok`, `rejected`).
     pub reloads: Family<KindLabels, Counter>,
-    /// Consumer lag per partition, from librdkafka's statistics.
+    /// Consumer lag per partition: the high watermark (from librdkafka's statistics) less the
+    /// first record whose outcome is not final.
     pub consumer_lag: Family<PartitionLabels, Gauge>,
     /// Batches (wasm: `handle-packed` or `handle-batch` calls; native benchmark handlers too) by topic and result (`handled`; `failed`: its records were then
     /// handled one by one).
@@ -67,6 +68,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Partitions assigned to this host.
     pub assigned_partitions: Gauge,
+    /// Partitions that have not been able to move on for `STALL_REPORTED_AFTER` or longer.
+    pub stalled_partitions: Gauge,
     /// Events dropped because no subscriber kept up, or log lines and events dropped at caps.
     pub dropped: Family<TopicLabels, Counter>,
 }
@@ -90,6 +93,7 @@ impl Default for Metrics {
             batched_records: Family::default(),
             in_flight: Gauge::default(),
             assigned_partitions: Gauge::default(),
+            stalled_partitions: Gauge::default(),
             dropped: Family::default(),
         };
         registry.register("records", "Handler calls by topic and outcome", m.records.clone());
@@ -114,6 +118,11 @@ impl Default for Metrics {
         registry.register("batched_records", "Records handled in batches", m.batched_records.clone());
         registry.register("in_flight", "Records being handled now", m.in_flight.clone());
         registry.register("assigned_partitions", "Partitions assigned to this host", m.assigned_partitions.clone());
+        registry.register(
+            "stalled_partitions",
+            "Partitions whose next record's copy (retry, dead letter, events) has failed to be written for 30 s or more",
+            m.stalled_partitions.clone(),
+        );
         registry.register("dropped", "Log lines and events dropped at caps or by slow subscribers", m.dropped.clone());
         Self { registry, ..m }
     }

@@ -6,10 +6,12 @@ use crate::events::EventHub;
 use crate::handlers::{Loader, Registry, dlq_topic, retry_topic};
 use crate::http::{ApiState, router};
 use crate::metrics::Metrics;
+use crate::pipeline::deliver::MAX_COPY_BYTES;
 use crate::pipeline::{Health, Pipeline, PipelineDeps};
 use crate::producer_api::ProducerClient;
 use crate::runtime::WasmEngine;
 use anyhow::Context;
+use common::topics::TopicSpec;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,12 +60,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
     loader.scan(false).await.with_context(|| format!("cannot read HANDLERS_DIR {}", config.handlers_dir.display()))?;
     tracing::info!(topics = ?registry.active_topics(), dir = %config.handlers_dir.display(), "handlers loaded");
     let loader = tokio::spawn(loader.run(config.reload_interval, stop_rx.clone()));
-    let topics = tokio::spawn(ensure_topics(
-        config.kafka.clone(),
-        config.events_topic.clone(),
-        registry.watch_topics(),
-        stop_rx.clone(),
-    ));
+    let topics = tokio::spawn(ensure_topics(TopicPlan::from(&config), registry.watch_topics(), stop_rx.clone()));
 
     let pipeline = Pipeline::start(PipelineDeps {
         kafka: config.kafka.clone(),
@@ -81,8 +78,20 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen on port {}", config.port))?;
     let addr = listener.local_addr()?;
-    let app =
-        router(ApiState { registry: registry.clone(), metrics, events, producer, health, shutdown: stop_rx.clone() });
+    if config.operator_token.is_none() {
+        tracing::warn!(
+            "OPERATOR_TOKEN is not set: /metrics, /handlers and /events are open to anyone (development only)"
+        );
+    }
+    let app = router(ApiState {
+        registry: registry.clone(),
+        metrics,
+        events,
+        producer,
+        health,
+        shutdown: stop_rx.clone(),
+        operator_token: config.operator_token.clone(),
+    });
     let mut server_stop = stop_rx;
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -142,25 +151,58 @@ pub async fn run(config: HostConfig, signal: impl Future<Output = ()>) -> anyhow
     Ok(())
 }
 
-/// Creates each handler topic's topic, retry topic and dead-letter topic, and the events topic,
-/// when missing, whenever the handler set changes; retries until the broker answers.
-async fn ensure_topics(
+/// The topics the host creates when they are missing, and how.
+#[derive(Debug, Clone)]
+struct TopicPlan {
     kafka: common::kafka::KafkaSettings,
     events_topic: Option<String>,
-    mut topics: watch::Receiver<Vec<String>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let wanted: Vec<String> = topics
-            .borrow_and_update()
+    retry_retention: Duration,
+    dlq_retention: Option<Duration>,
+}
+
+impl From<&HostConfig> for TopicPlan {
+    fn from(config: &HostConfig) -> Self {
+        Self {
+            kafka: config.kafka.clone(),
+            events_topic: config.events_topic.clone(),
+            retry_retention: config.retry_topic_retention,
+            dlq_retention: config.dlq_retention,
+        }
+    }
+}
+
+impl TopicPlan {
+    /// A handler topic, its retry topic and its dead-letter topic (both with a retention that
+    /// outlives their copies' waits, counted from when each copy was written, and room for a
+    /// copy of a record near the source topic's limit), and the events topic.
+    fn specs(&self, handler_topics: &[String]) -> Vec<TopicSpec> {
+        let copies = |name: String, retention: Option<Duration>| {
+            TopicSpec::new(name)
+                .with("retention.ms", retention.map_or(-1, |r| r.as_millis() as i64))
+                .with("max.message.bytes", MAX_COPY_BYTES)
+        };
+        handler_topics
             .iter()
-            .flat_map(|t| [t.clone(), retry_topic(t), dlq_topic(t)])
-            .chain(events_topic.clone())
-            .collect();
+            .flat_map(|t| {
+                [
+                    TopicSpec::new(t.clone()),
+                    copies(retry_topic(t), Some(self.retry_retention)),
+                    copies(dlq_topic(t), self.dlq_retention),
+                ]
+            })
+            .chain(self.events_topic.clone().map(TopicSpec::new))
+            .collect()
+    }
+}
+
+/// Creates each handler topic's topic, retry topic and dead-letter topic, and the events topic,
+/// when missing, whenever the handler set changes; retries until the broker answers.
+async fn ensure_topics(plan: TopicPlan, mut topics: watch::Receiver<Vec<String>>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let wanted = plan.specs(&topics.borrow_and_update());
         let mut delay = Duration::from_millis(500);
         while !wanted.is_empty() {
-            let refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
-            match common::topics::ensure_topics(&kafka, &refs, Duration::from_secs(10)).await {
+            match common::topics::ensure_topic_specs(&plan.kafka, &wanted, Duration::from_secs(10)).await {
                 Ok(created) => {
                     if !created.is_empty() {
                         tracing::info!(?created, "created topics");

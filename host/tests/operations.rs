@@ -182,7 +182,8 @@ async fn a_second_host_joining_mid_stream_shares_the_work_and_every_record_is_ha
     let p = producer(&mock);
     const N: usize = 90;
     for i in 0..N {
-        produce(&p, "orders", (i % PARTITIONS as usize) as i32, "call", r#"["/delay/200"]"#, &[]).await;
+        // 18 s of work per partition: time for a cooperative rebalance's two rounds.
+        produce(&p, "orders", (i % PARTITIONS as usize) as i32, "call", r#"["/delay/600"]"#, &[]).await;
     }
     let a = start_host(host_env(&mock, dir.path(), &group, &env)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -281,3 +281,279 @@ async fn with_an_events_topic_every_event_is_on_it_before_its_record_is_committe
     }
     host.shutdown().await;
 }
+
+/// Waits until `series` on the host's `/metrics` reaches `at_least`.
+async fn wait_metric(addr: std::net::SocketAddr, series: &str, at_least: f64, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while metric(addr, series).await < at_least {
+        assert!(std::time::Instant::now() < deadline, "{series} did not reach {at_least} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The `/handlers` entry of `topic`.
+async fn handler_status(addr: std::net::SocketAddr, topic: &str) -> serde_json::Value {
+    let all: Vec<serde_json::Value> =
+        reqwest::get(format!("http://{addr}/handlers")).await.expect("handlers").json().await.expect("json");
+    all.into_iter().find(|h| h["topic"] == topic).expect("the topic's status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_blocks_forever_times_out_is_dead_lettered_and_the_partition_moves_on() {
+    let mock = cluster(&["orders"]);
+    let settings = "[limits]\ncall_timeout_ms = 200\n[retry]\nin_place_attempts = 2\nmax_attempts = 2\n";
+    let dir = handlers_dir("orders", Some(settings));
+    let host = start_host(host_env(&mock, dir.path(), &uuid_like(), &[])).await;
+    let mut events = Events::connect(host.addr).await;
+    let p = producer(&mock);
+    produce(&p, "orders", 0, "block", "forever", &[]).await;
+    produce(&p, "orders", 0, "echo", "after", &[]).await;
+    let dlq = read_topic(&mock, "orders.dlq", 1, Duration::from_secs(20));
+    assert_eq!(dlq.len(), 1);
+    assert_eq!((dlq[0].header("x-dlq-outcome"), dlq[0].header("x-dlq-attempts")), (Some("timeout"), Some("2")));
+    let after = events.take(1, Duration::from_secs(20)).await;
+    assert_eq!(after.first().map(|e| e["payload"]["value"].clone()), Some("after".into()), "the next record ran");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_record_too_large_to_copy_is_dead_lettered_by_reference_and_the_partition_moves_on() {
+    let mock = cluster(&["orders"]);
+    let dir = handlers_dir("orders", None);
+    // librdkafka's default limit: the record fits, its copy with the dead-letter headers does not.
+    let env = host_env(&mock, dir.path(), &uuid_like(), &[("KAFKA_OPT_MESSAGE_MAX_BYTES", "1000000")]);
+    let host = start_host(env).await;
+    let mut events = Events::connect(host.addr).await;
+    let p = producer(&mock);
+    let value = "x".repeat(999_600);
+    produce(&p, "orders", 2, "reject", &value, &[("trace", "abc")]).await;
+    produce(&p, "orders", 2, "echo", "after", &[]).await;
+    let dlq = read_topic(&mock, "orders.dlq", 1, Duration::from_secs(20));
+    assert_eq!(dlq.len(), 1);
+    let d = &dlq[0];
+    assert_eq!(d.value, None, "the value is left out");
+    assert_eq!(d.key.as_deref(), Some("reject"), "a short key is kept");
+    assert_eq!(d.header("trace"), None, "the original headers are left out");
+    assert_eq!(d.header("x-dlq-copy"), Some("reference"));
+    assert!(d.header("x-dlq-copy-reason").is_some_and(|r| r.contains("too large")), "{:?}", d.headers);
+    assert_eq!(d.header("x-dlq-value-bytes"), Some("999600"));
+    assert_eq!(
+        (d.header("x-dlq-topic"), d.header("x-dlq-partition"), d.header("x-dlq-offset")),
+        (Some("orders"), Some("2"), Some("0"))
+    );
+    assert!(d.header("x-dlq-reason").is_some_and(|r| r.starts_with("xxxx")), "the handler's reason, cut");
+    let after = events.take(1, Duration::from_secs(20)).await;
+    assert_eq!(after.first().map(|e| e["payload"]["value"].clone()), Some("after".into()), "the next record ran");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_record_near_the_source_topics_size_limit_is_dead_lettered_whole() {
+    let mock = cluster(&["orders"]);
+    let dir = handlers_dir("orders", None);
+    let host = start_host(host_env(&mock, dir.path(), &uuid_like(), &[])).await;
+    let value = "x".repeat(999_600);
+    produce(&producer(&mock), "orders", 1, "reject", &value, &[]).await;
+    let dlq = read_topic(&mock, "orders.dlq", 1, Duration::from_secs(20));
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].value.as_ref().map(String::len), Some(999_600), "the whole record, headers added");
+    assert_eq!(dlq[0].header("x-dlq-copy"), None);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_too_large_for_the_events_topic_dead_letters_its_record_with_the_reason() {
+    let mock = cluster(&["orders"]);
+    mock.create_topic("handler-events", PARTITIONS, 1).expect("events topic");
+    let dir = handlers_dir("orders", Some("[limits]\nmax_event_bytes = 500000\n"));
+    let env = host_env(
+        &mock,
+        dir.path(),
+        &uuid_like(),
+        &[("EVENTS_TOPIC", "handler-events"), ("KAFKA_OPT_MESSAGE_MAX_BYTES", "100000")],
+    );
+    let host = start_host(env).await;
+    produce(&producer(&mock), "orders", 0, "big-event", "200000", &[]).await;
+    let dlq = read_topic(&mock, "orders.dlq", 1, Duration::from_secs(20));
+    assert_eq!(dlq.len(), 1);
+    assert_eq!((dlq[0].header("x-dlq-cause"), dlq[0].header("x-dlq-outcome")), (Some("undeliverable"), Some("ok")));
+    assert!(
+        dlq[0]
+            .header("x-dlq-reason")
+            .is_some_and(|r| r.contains("events could not be written") && r.contains("handler-events")),
+        "{:?}",
+        dlq[0].header("x-dlq-reason")
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_whose_dead_letters_the_broker_refuses_shows_as_stalled_until_it_takes_them() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = cluster(&["orders"]);
+    let dir = handlers_dir("orders", None);
+    let host = start_host(host_env(&mock, dir.path(), &uuid_like(), &[])).await;
+    // The rejected record waits behind a slow one until the broker refuses every produce:
+    // the host may not write its dead letter.
+    let p = producer(&mock);
+    produce(&p, "orders", 1, "sleep", "2000", &[]).await;
+    produce(&p, "orders", 1, "reject", "nowhere to go", &[]).await;
+    mock.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 500]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let stalled = loop {
+        let status = handler_status(host.addr, "orders").await;
+        if let Some(stall) = status["stalled"].as_array().and_then(|s| s.first()).cloned() {
+            break stall;
+        }
+        assert!(std::time::Instant::now() < deadline, "no stall reported: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!((stalled["topic"].as_str(), stalled["partition"].as_i64()), (Some("orders"), Some(1)));
+    assert!(
+        stalled["reason"].as_str().is_some_and(|r| r.contains("orders.dlq") && r.to_lowercase().contains("authoriz")),
+        "{stalled}"
+    );
+    mock.clear_request_errors(RDKafkaApiKey::Produce);
+    let dlq = read_topic(&mock, "orders.dlq", 1, Duration::from_secs(30));
+    assert_eq!(dlq.len(), 1, "written once the broker takes it");
+    assert_eq!(dlq[0].header("x-dlq-reason"), Some("nowhere to go"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while handler_status(host.addr, "orders").await["stalled"].as_array().is_some_and(|s| !s.is_empty()) {
+        assert!(std::time::Instant::now() < deadline, "the stall was not cleared");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_written_with_zstd_compression_is_consumed() {
+    let mock = cluster(&["orders"]);
+    let dir = handlers_dir("orders", None);
+    let host = start_host(host_env(&mock, dir.path(), &uuid_like(), &[])).await;
+    let mut events = Events::connect(host.addr).await;
+    let zstd: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("compression.type", "zstd")
+        .set("linger.ms", "5")
+        .create()
+        .expect("zstd producer");
+    for i in 0..5 {
+        produce(&zstd, "orders", 0, "echo", &format!("z{i}"), &[]).await;
+    }
+    let seen = events.take(5, Duration::from_secs(20)).await;
+    let values: Vec<_> = seen.iter().map(|e| e["payload"]["value"].as_str().unwrap_or_default().to_string()).collect();
+    assert_eq!(values, (0..5).map(|i| format!("z{i}")).collect::<Vec<_>>());
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_metric_counts_a_partition_that_has_not_committed_yet() {
+    let mock = cluster(&["orders"]);
+    let dir = handlers_dir("orders", Some("[limits]\ncall_timeout_ms = 60000\n"));
+    let env = host_env(
+        &mock,
+        dir.path(),
+        &uuid_like(),
+        &[("KAFKA_OPT_STATISTICS_INTERVAL_MS", "200"), ("DRAIN_TIMEOUT_MS", "500")],
+    );
+    let host = start_host(env).await;
+    let p = producer(&mock);
+    // The first record holds the partition; nothing behind it is final, nothing committed.
+    produce(&p, "orders", 0, "block", "30000", &[]).await;
+    for i in 0..10 {
+        produce(&p, "orders", 0, "echo", &i.to_string(), &[]).await;
+    }
+    wait_metric(host.addr, r#"host_consumer_lag{topic="orders",partition="0"}"#, 11.0, Duration::from_secs(20)).await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_and_dead_letter_copies_carry_the_time_they_were_written_and_the_original_time_in_a_header() {
+    let mock = cluster(&["orders"]);
+    let dir = handlers_dir("orders", Some("[retry]\nin_place_attempts = 1\nmax_attempts = 3\n"));
+    let host = start_host(host_env(&mock, dir.path(), &uuid_like(), &[])).await;
+    let old: i64 = 1_577_836_800_000; // 2020-01-01
+    let p = producer(&mock);
+    for key in ["retry", "reject"] {
+        let record = rdkafka::producer::FutureRecord::to("orders").partition(0).key(key).payload("old").timestamp(old);
+        p.send(record, Duration::from_secs(10)).await.expect("produce");
+    }
+    let written_after = chrono::Utc::now().timestamp_millis() - 60_000;
+    let retry = read_topic(&mock, "orders.retry", 1, Duration::from_secs(20));
+    let dlq = read_topic(&mock, "orders.dlq", 1, Duration::from_secs(20));
+    assert_eq!((retry.len(), dlq.len()), (1, 1));
+    for (copy, header) in [(&retry[0], "x-retry-timestamp"), (&dlq[0], "x-dlq-timestamp")] {
+        assert!(
+            copy.timestamp_ms.is_some_and(|t| t >= written_after),
+            "{header}: copy stamped {:?}",
+            copy.timestamp_ms
+        );
+        assert_eq!(copy.header(header), Some(old.to_string().as_str()), "the original time");
+    }
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_removed_and_put_back_at_once_keeps_every_partition_read() {
+    let mock = cluster(&["orders"]);
+    let dir = handlers_dir("orders", None);
+    let host = start_host(host_env(&mock, dir.path(), &uuid_like(), &[])).await;
+    let mut events = Events::connect(host.addr).await;
+    let p = producer(&mock);
+    for round in 0..3 {
+        let active = host.registry.get("orders").expect("the handler");
+        host.registry.remove("orders");
+        // Records that find no handler: their tasks must wait for one, not end.
+        for partition in 0..PARTITIONS {
+            produce(&p, "orders", partition, "echo", &format!("gap-{round}-{partition}"), &[]).await;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        host.registry.install(
+            "orders",
+            host::handlers::ActiveHandler {
+                code: active.code.clone(),
+                settings: active.settings.clone(),
+                file: active.file.clone(),
+                loaded_at: active.loaded_at.clone(),
+            },
+        );
+        for partition in 0..PARTITIONS {
+            produce(&p, "orders", partition, "echo", &format!("back-{round}-{partition}"), &[]).await;
+        }
+        let seen = events.take(2 * PARTITIONS as usize, Duration::from_secs(30)).await;
+        let partitions: BTreeSet<i64> = seen.iter().filter_map(|e| e["payload"]["partition"].as_i64()).collect();
+        assert_eq!(seen.len(), 2 * PARTITIONS as usize, "round {round}: every record handled: {seen:?}");
+        assert_eq!(partitions.len(), PARTITIONS as usize, "round {round}: every partition read");
+    }
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_cut_short_by_the_drain_timeout_commits_the_records_it_finished() {
+    // Two brokers: the events topic's leader is broker 2, which goes down, so an event's send
+    // stays in flight (a send in flight is seen through, not abandoned) past the drain timeout.
+    let mock = rdkafka::mocking::MockCluster::new(2).expect("mock cluster");
+    for name in ["orders", "orders.retry", "orders.dlq"] {
+        mock.create_topic(name, PARTITIONS, 1).expect("topic");
+        for partition in 0..PARTITIONS {
+            mock.partition_leader(name, partition, Some(1)).expect("leader");
+        }
+    }
+    mock.create_topic("handler-events", 1, 1).expect("events topic");
+    mock.partition_leader("handler-events", 0, Some(2)).expect("leader");
+    let group = uuid_like();
+    mock.coordinator(rdkafka::mocking::MockCoordinator::Group(group.clone()), 1).expect("coordinator");
+    let p = producer(&mock);
+    // One batch: a record without events, then two whose events cannot be written.
+    for key in ["ok", "echo", "echo"] {
+        produce(&p, "orders", 0, key, "x", &[]).await;
+    }
+    mock.broker_down(2).expect("broker 2 down");
+    let dir = handlers_dir("orders", None);
+    let env = host_env(&mock, dir.path(), &group, &[("EVENTS_TOPIC", "handler-events"), ("DRAIN_TIMEOUT_MS", "1000")]);
+    let host = start_host(env).await;
+    wait_metric(host.addr, r#"host_records_total{topic="orders",outcome="ok"}"#, 2.0, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    host.shutdown().await;
+    assert_eq!(committed(&mock, &group, "orders")[0], 1, "the record finished before the cut is committed, no more");
+}

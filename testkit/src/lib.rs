@@ -14,6 +14,8 @@ pub struct Read {
     pub partition: i32,
     /// Offset.
     pub offset: i64,
+    /// Timestamp in milliseconds since the Unix epoch, if the record has one.
+    pub timestamp_ms: Option<i64>,
     /// Key, if any.
     pub key: Option<String>,
     /// Value, if any.
@@ -52,6 +54,7 @@ pub fn read_topic(bootstrap: &str, topic: &str, partitions: i32, expect: usize, 
             out.push(Read {
                 partition: m.partition(),
                 offset: m.offset(),
+                timestamp_ms: m.timestamp().to_millis(),
                 key: text(m.key()),
                 value: text(m.payload()),
                 headers: m

@@ -362,6 +362,8 @@ impl System {
             .env("KAFKA_GROUP_ID", HOST_GROUP)
             .env("KAFKA_OPT_SESSION_TIMEOUT_MS", "6000")
             .env("KAFKA_OPT_MAX_POLL_INTERVAL_MS", "10000")
+            // A drain must end well inside max.poll.interval.ms (the host refuses otherwise).
+            .env("DRAIN_TIMEOUT_MS", "5000")
             .env("HANDLERS_DIR", self.dir.join("handlers"))
             .env("PRODUCER_URL", &self.producer_internal_url)
             .env("RETRY_TOPIC_DELAY_MS", "2000")
@@ -492,7 +494,10 @@ pub fn run(options: Options, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let system = System::start(brokers, &stop)?;
     let (producer_url, host_url) = (system.producer_url.clone(), system.host_url.clone());
     println!();
-    println!("  producer  {producer_url}/producer-svc   (metrics: /producer-svc/metrics)");
+    println!(
+        "  producer  {producer_url}/producer-svc   (internal: {}/producer-svc, metrics there)",
+        system.producer_internal_url
+    );
     println!("  host      {host_url}   (/readyz /metrics /handlers /events /ping)");
     println!("  handlers  {}   (move a new <topic>.wasm here to swap it live)", system.dir.join("handlers").display());
     println!("  logs      {}", system.dir.display());

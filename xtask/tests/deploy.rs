@@ -337,10 +337,7 @@ fn the_host_manifest_matches_the_host_binary() {
     assert_eq!((m.name.as_str(), m.kind.as_str()), ("host", "Load Balanced Web Service"));
     assert_eq!((m.image.build.dockerfile.as_str(), m.image.build.target.as_str()), ("Dockerfile", "host"));
     assert_eq!((m.cpu, m.memory), (256, 512));
-    // APP_ENV and OPERATOR_TOKEN: read by the host once its operator routes are guarded (listed
-    // here until host::config::VARIABLES has them; then the extra names change nothing).
-    let known: Vec<&str> = host::config::VARIABLES.iter().copied().chain(["APP_ENV", "OPERATOR_TOKEN"]).collect();
-    assert_known(&m, &known);
+    assert_known(&m, host::config::VARIABLES);
     assert_eq!(m.variables.get("APP_ENV").map(text).as_deref(), Some("production"));
     let config = host::config::HostConfig::from_env(&task_env(&m, &[("OPERATOR_TOKEN", OPERATOR_TOKEN)]))
         .expect("the task's configuration is valid");

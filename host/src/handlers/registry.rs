@@ -140,6 +140,9 @@ pub struct HandlerStatus {
     pub last_error_at: Option<String>,
     /// Counters.
     pub counters: BTreeMap<&'static str, u64>,
+    /// Partitions of the topic (or of its retry topic) that cannot move on right now, with
+    /// since when and why (filled in by the HTTP route from the pipeline's health).
+    pub stalled: Vec<crate::pipeline::Stall>,
 }
 
 #[derive(Debug)]
@@ -302,6 +305,7 @@ impl Registry {
                     last_error: s.last_error.as_ref().map(|e| e.0.clone()),
                     last_error_at: s.last_error.as_ref().map(|e| e.1.clone()),
                     counters,
+                    stalled: Vec::new(),
                 }
             })
             .collect()

@@ -97,14 +97,29 @@ impl ClientContext for HostContext {
     }
 
     fn stats(&self, statistics: Statistics) {
+        let progress = self.shared.stored.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    let labels = crate::metrics::PartitionLabels { topic: topic.clone(), partition: *partition };
-                    self.shared.metrics.consumer_lag.get_or_create(&labels).set(p.consumer_lag);
+                if *partition < 0 {
+                    continue;
+                }
+                let labels = crate::metrics::PartitionLabels { topic: topic.clone(), partition: *partition };
+                let position = progress.get(&(topic.clone(), *partition)).map(|o| o.position());
+                match (position, lag(position.flatten(), p)) {
+                    (Some(_), Some(lag)) => {
+                        self.shared.metrics.consumer_lag.get_or_create(&labels).set(lag);
+                    }
+                    // Not (or no longer) this host's partition.
+                    (None, _) => {
+                        self.shared.metrics.consumer_lag.remove(&labels);
+                    }
+                    (Some(_), None) => {}
                 }
             }
         }
+        let stalled =
+            self.shared.health.stalled().iter().filter(|s| s.seconds >= super::STALL_REPORTED_AFTER.as_secs()).count();
+        self.shared.metrics.stalled_partitions.set(stalled as i64);
         if statistics.brokers.values().any(|b| b.state == "UP") {
             self.shared.health.brokers_down.store(false, Ordering::Relaxed);
         }
@@ -174,11 +189,11 @@ impl ConsumerContext for HostContext {
 fn commit(shared: &Shared, consumer: &BaseConsumer<HostContext>, keys: Option<&[Key]>, when: &str) {
     let offsets: Vec<(Key, i64)> = {
         let mut stored = shared.stored.lock().unwrap_or_else(|e| e.into_inner());
-        let taken: Vec<(Key, Arc<std::sync::atomic::AtomicI64>)> = match keys {
+        let taken: Vec<(Key, Arc<super::Progress>)> = match keys {
             Some(keys) => keys.iter().filter_map(|k| stored.remove(k).map(|o| (k.clone(), o))).collect(),
             None => stored.drain().collect(),
         };
-        taken.into_iter().map(|(k, o)| (k, o.load(Ordering::Acquire))).filter(|(_, o)| *o >= 0).collect()
+        taken.into_iter().map(|(k, o)| (k, o.stored.load(Ordering::Acquire))).filter(|(_, o)| *o >= 0).collect()
     };
     if offsets.is_empty() {
         return;
@@ -194,6 +209,18 @@ fn commit(shared: &Shared, consumer: &BaseConsumer<HostContext>, keys: Option<&[
         Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
         Err(e) => tracing::warn!("cannot commit offsets on {when}: {e}"),
     }
+}
+
+/// Records between a partition's high watermark and where its task stands (`position`: the
+/// first record whose outcome is not final), or, before the task took a record, its committed
+/// offset, or its low watermark: so a partition that never committed (or is stuck on its first
+/// record) has a lag too. `None` while the broker has not told the high watermark.
+fn lag(position: Option<i64>, p: &rdkafka::statistics::Partition) -> Option<i64> {
+    if p.hi_offset < 0 {
+        return None;
+    }
+    let from = [position.unwrap_or(-1), p.committed_offset, p.lo_offset].into_iter().find(|o| *o >= 0)?;
+    Some((p.hi_offset - from).max(0))
 }
 
 /// An owned copy of a polled message.
@@ -232,11 +259,19 @@ impl PollLoop {
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("statistics.interval.ms", "5000");
-        // Prefetch bounds (the backpressure), which the operator may override with KAFKA_OPT_*:
-        // per partition at most `queued.min.messages` records, in all `queued.max.messages.kbytes`.
-        for (property, value) in [("queued.min.messages", "10000"), ("queued.max.messages.kbytes", "16384")] {
+            .set("auto.offset.reset", "earliest");
+        // Defaults the operator may override with KAFKA_OPT_*. Prefetch bounds (the
+        // backpressure): per partition at most `queued.min.messages` records, in all
+        // `queued.max.messages.kbytes`.
+        // Cooperative rebalancing: a member joining or leaving moves only the partitions that
+        // change hands; the others keep their task and records in hand.
+        for (property, value) in [
+            ("queued.min.messages", "10000"),
+            ("queued.max.messages.kbytes", "16384"),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            // How often the lag metric and the stalled-partition gauge are updated.
+            ("statistics.interval.ms", "5000"),
+        ] {
             if config.get(property).is_none() {
                 config.set(property, value);
             }

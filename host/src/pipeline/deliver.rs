@@ -1,19 +1,38 @@
 //! Sending records to `<topic>.retry`, `<topic>.dlq` and the events topic: an idempotent
-//! producer with `acks=all`, retried until the broker acknowledges (a record's offset is stored
-//! only after that), or until the partition is revoked or the host stops (then the source record
-//! is redelivered later).
+//! producer with `acks=all`. A send is retried while its failure is transient (the broker is
+//! down, a leader moves, a request times out) until the broker acknowledges it (a record's
+//! offset is stored only after that) or the partition is told to stop (the source record is
+//! then redelivered). A failure that no retry can mend (the copy is over the size limit, the
+//! broker refuses the topic or the record) is returned at once, for the caller to send the
+//! record somewhere else ([`super::partition`] decides where). While a send keeps failing, the
+//! partition is reported stalled, with the reason, on `/readyz` and `/handlers`.
+//!
+//! Copies carry the time they are written, not the source record's (which is in their headers):
+//! a copy's age decides when retention deletes it, and an old source record's copy must not be
+//! deleted minutes after it was written.
 
-use crate::record::{Header as RecordHeader, Record};
+use super::PartitionHealth;
+use crate::record::Header as RecordHeader;
 use common::kafka::{KafkaContext, KafkaSettings};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// The retry/dead-letter producer.
+/// Largest record the host writes (librdkafka's `message.max.bytes` for this producer, unless
+/// `KAFKA_OPT_MESSAGE_MAX_BYTES` sets it): the retry and dead-letter topics the host creates take
+/// as much (`max.message.bytes`), and a copy of a record near a source topic's limit of 1 MiB,
+/// headers added, fits. Amazon MSK Serverless allows 8 MiB at most.
+pub const MAX_COPY_BYTES: u64 = 8 << 20;
+
+/// The retry/dead-letter/events producer. Rebuilt after a fatal error of the idempotent
+/// producer (which leaves the old one unable to send anything).
 pub struct Deliverer {
-    producer: FutureProducer<KafkaContext>,
+    settings: KafkaSettings,
+    producer: RwLock<Arc<FutureProducer<KafkaContext>>>,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -29,53 +48,119 @@ pub struct Outgoing<'a> {
     pub key: Option<&'a [u8]>,
     /// The value; `None` for a tombstone.
     pub value: Option<&'a [u8]>,
-    /// The timestamp in milliseconds since the Unix epoch; `None` lets the producer set it.
-    pub timestamp_ms: Option<i64>,
 }
 
-/// Whether a send finished or was given up because the worker is stopping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a send ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sent {
     /// The broker acknowledged the record.
     Acknowledged,
     /// The worker was told to stop first.
     Abandoned,
+    /// No retry will get this record onto this topic.
+    Refused(Refusal),
 }
+
+/// Why a record will never be written to a topic, as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Whether its size is the problem (a smaller record might still be written).
+    pub too_large: bool,
+    /// The error, for the dead letter's reason.
+    pub reason: String,
+}
+
+/// What a failed send calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// Try again: the cluster may take it later.
+    Transient,
+    /// The record is over a size limit (the client's, the topic's or the broker's).
+    TooLarge,
+    /// The broker refuses it for good: authorization, policy, an invalid record or topic.
+    Refused,
+    /// The idempotent producer hit a fatal error: it must be replaced, then the send retried.
+    Fatal,
+}
+
+/// Sorts a produce error. Pure, so that every code's fate is a unit test.
+pub(crate) fn classify(code: Option<RDKafkaErrorCode>) -> Failure {
+    use RDKafkaErrorCode as C;
+    match code {
+        Some(C::MessageSizeTooLarge | C::MessageBatchTooLarge | C::InvalidMessageSize) => Failure::TooLarge,
+        Some(
+            C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::InvalidTimestamp
+            | C::InvalidRecord
+            | C::PolicyViolation
+            | C::UnsupportedForMessageFormat
+            | C::UnsupportedCompressionType
+            | C::InvalidRequiredAcks
+            | C::InvalidTopic
+            | C::InvalidArgument,
+        ) => Failure::Refused,
+        Some(C::Fatal) => Failure::Fatal,
+        _ => Failure::Transient,
+    }
+}
+
+/// The longest pause between two attempts of a send.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Deliverer {
     /// Creates the producer.
-    pub fn new(settings: &KafkaSettings) -> Result<Self, rdkafka::error::KafkaError> {
+    pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
+        let producer = Self::producer(settings)?;
+        Ok(Self { settings: settings.clone(), producer: RwLock::new(Arc::new(producer)) })
+    }
+
+    fn producer(settings: &KafkaSettings) -> Result<FutureProducer<KafkaContext>, KafkaError> {
         let mut config = settings.client_config(common::kafka::ClientRole::Producer);
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", "30000")
             .set("linger.ms", "1");
-        Ok(Self { producer: config.create_with_context(KafkaContext::new(settings))? })
+        if config.get("message.max.bytes").is_none() {
+            config.set("message.max.bytes", MAX_COPY_BYTES.to_string());
+        }
+        config.create_with_context(KafkaContext::new(settings))
     }
 
-    /// Sends `record`'s key, value and timestamp with `headers` to `topic`, retrying with backoff
-    /// until the broker acknowledges, or `stop` turns true between two attempts.
+    fn current(&self) -> Arc<FutureProducer<KafkaContext>> {
+        self.producer.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces `failed` (unless another send already did) after a fatal error.
+    fn replace(&self, failed: &Arc<FutureProducer<KafkaContext>>) {
+        let mut current = self.producer.write().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&current, failed) {
+            return;
+        }
+        let fatal = failed.client().fatal_error().map(|(_, reason)| reason).unwrap_or_default();
+        match Self::producer(&self.settings) {
+            Ok(producer) => {
+                tracing::warn!("the retry/dead-letter producer hit a fatal error ({fatal}); replaced it");
+                *current = Arc::new(producer);
+            }
+            Err(e) => {
+                tracing::error!("the retry/dead-letter producer hit a fatal error ({fatal}); cannot replace it: {e}")
+            }
+        }
+    }
+
+    /// Sends one record made of `out` and `headers` to `topic`, stamped with the time it is
+    /// written; retries transient failures with backoff until the broker acknowledges or `stop`
+    /// turns true between two attempts. While it keeps failing, `health` reports the partition
+    /// stalled.
     pub async fn send(
-        &self,
-        topic: &str,
-        record: &Record,
-        headers: &[RecordHeader],
-        stop: &mut watch::Receiver<bool>,
-    ) -> Sent {
-        let out =
-            Outgoing { key: record.key.as_deref(), value: record.value.as_deref(), timestamp_ms: record.timestamp_ms };
-        self.send_parts(topic, out, headers, stop).await
-    }
-
-    /// Sends one record made of `out` and `headers` to `topic`, retrying with backoff until the
-    /// broker acknowledges, or `stop` turns true between two attempts.
-    pub async fn send_parts(
         &self,
         topic: &str,
         out: Outgoing<'_>,
         headers: &[RecordHeader],
         stop: &mut watch::Receiver<bool>,
+        health: &PartitionHealth,
     ) -> Sent {
         let mut delay = Duration::from_millis(100);
         loop {
@@ -89,25 +174,102 @@ impl Deliverer {
             if let Some(value) = out.value {
                 record = record.payload(value);
             }
-            if let Some(ts) = out.timestamp_ms {
-                record = record.timestamp(ts);
-            }
             // A send in flight is seen through even when told to stop: abandoning it would leave
             // a record the broker may well take (an event, a retry, a dead letter) with its source
             // record unstored, so both would be sent again. librdkafka's message timeout bounds
             // the send; at shutdown or revoke, the drain timeout aborts the task sooner.
-            let result = self.producer.send(record, Timeout::After(Duration::from_secs(5))).await;
-            match result {
-                Ok(_) => return Sent::Acknowledged,
-                Err((e, _)) => {
-                    tracing::warn!(topic, "cannot deliver to {topic} yet: {e}; retrying in {delay:?}");
+            let producer = self.current();
+            let result = producer.send(record, Timeout::After(Duration::from_secs(5))).await;
+            let error = match result {
+                Ok(_) => {
+                    health.recovered();
+                    return Sent::Acknowledged;
+                }
+                Err((e, _)) => e,
+            };
+            let reason = format!("cannot write to {topic}: {error}");
+            match classify(error.rdkafka_error_code()) {
+                Failure::TooLarge => return Sent::Refused(Refusal { too_large: true, reason }),
+                Failure::Refused => return Sent::Refused(Refusal { too_large: false, reason }),
+                Failure::Fatal => self.replace(&producer),
+                Failure::Transient => {}
+            }
+            tracing::warn!(topic, "{reason}; retrying in {delay:?}");
+            health.failing(&reason);
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return Sent::Abandoned,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// As [`Deliverer::send`], but a refusal is not returned: the partition is reported stalled
+    /// with its reason and the send is retried with backoff until it succeeds or `stop` turns
+    /// true (for a record that has nowhere else to go; an operator mends the cause: a topic's
+    /// permissions, its size limit).
+    pub async fn send_or_stall(
+        &self,
+        topic: &str,
+        out: Outgoing<'_>,
+        headers: &[RecordHeader],
+        stop: &mut watch::Receiver<bool>,
+        health: &PartitionHealth,
+    ) -> Sent {
+        loop {
+            match self.send(topic, out, headers, stop, health).await {
+                Sent::Refused(refusal) => {
+                    tracing::error!(topic, "{}; the partition waits until it can be written", refusal.reason);
+                    health.failing(&refusal.reason);
                     tokio::select! {
                         _ = stop.wait_for(|s| *s) => return Sent::Abandoned,
-                        () = tokio::time::sleep(delay) => {}
+                        () = tokio::time::sleep(MAX_BACKOFF) => {}
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
+                done => return done,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_errors_authorization_and_invalid_records_are_not_retried() {
+        use RDKafkaErrorCode as C;
+        assert_eq!(classify(Some(C::MessageSizeTooLarge)), Failure::TooLarge);
+        assert_eq!(classify(Some(C::MessageBatchTooLarge)), Failure::TooLarge);
+        for code in [
+            C::TopicAuthorizationFailed,
+            C::ClusterAuthorizationFailed,
+            C::InvalidTimestamp,
+            C::InvalidRecord,
+            C::PolicyViolation,
+        ] {
+            assert_eq!(classify(Some(code)), Failure::Refused, "{code:?}");
+        }
+        assert_eq!(classify(Some(C::Fatal)), Failure::Fatal);
+    }
+
+    #[test]
+    fn outages_and_leader_moves_are_retried() {
+        use RDKafkaErrorCode as C;
+        for code in [
+            C::MessageTimedOut,
+            C::QueueFull,
+            C::NotEnoughReplicas,
+            C::NotEnoughReplicasAfterAppend,
+            C::NotLeaderForPartition,
+            C::LeaderNotAvailable,
+            C::RequestTimedOut,
+            C::NetworkException,
+            C::AllBrokersDown,
+            C::UnknownTopicOrPartition,
+        ] {
+            assert_eq!(classify(Some(code)), Failure::Transient, "{code:?}");
+        }
+        assert_eq!(classify(None), Failure::Transient);
     }
 }

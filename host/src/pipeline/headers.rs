@@ -109,7 +109,9 @@ pub fn retry_headers(record: &Record, next_attempt: u32, hops: u32, not_before_m
 /// Why a record is dead-lettered.
 #[derive(Debug, Clone)]
 pub struct DeadLetter<'a> {
-    /// `reject`, `exhausted` or `malformed`.
+    /// `reject` (the handler rejected it), `exhausted` (out of attempts), `malformed` (a retry
+    /// record without its bookkeeping) or `undeliverable` (its retry copy or its events could
+    /// not be written).
     pub cause: &'static str,
     /// The last outcome's label (`reject`, `retry`, `trap`, …).
     pub outcome: &'a str,
@@ -139,7 +141,41 @@ pub fn dlq_headers(record: &Record, dead: &DeadLetter<'_>) -> Vec<Header> {
     add("x-dlq-offset", record.offset.to_string());
     add("x-dlq-handler-digest", dead.digest.unwrap_or("none").to_string());
     add("x-dlq-at", chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    if let Some(ts) = record.timestamp_ms {
+        add(DLQ_TIMESTAMP, ts.to_string());
+    }
     headers
+}
+
+/// The original record's timestamp (ms) on a dead letter: the copy itself carries the time it
+/// was written.
+pub const DLQ_TIMESTAMP: &str = "x-dlq-timestamp";
+
+/// Longest key a reference dead letter keeps.
+const MAX_REFERENCE_KEY_BYTES: usize = 1024;
+
+/// The key and headers of a dead letter that stands for `record` when no copy of it can be
+/// written (`why`): the `x-dlq-*` headers of [`dlq_headers`], plus `x-dlq-copy: reference`,
+/// `x-dlq-copy-reason` and the sizes left out; the key when it is short. The original headers
+/// and value are left out (the record is still on its topic, at `x-dlq-offset`, while retention
+/// keeps it).
+pub fn dlq_reference_headers<'a>(
+    record: &'a Record,
+    dead: &DeadLetter<'_>,
+    why: &str,
+) -> (Option<&'a [u8]>, Vec<Header>) {
+    let mut headers: Vec<Header> =
+        dlq_headers(record, dead).into_iter().filter(|h| h.key.starts_with(DLQ_PREFIX)).collect();
+    let mut add = |k: &str, v: String| headers.push(Header { key: k.to_string(), value: v.into_bytes() });
+    add("x-dlq-copy", "reference".into());
+    add("x-dlq-copy-reason", truncate(why));
+    add("x-dlq-value-bytes", record.value.as_ref().map_or(0, Vec::len).to_string());
+    add("x-dlq-header-count", record.headers.len().to_string());
+    let key = record.key.as_deref().filter(|k| k.len() <= MAX_REFERENCE_KEY_BYTES);
+    if key.is_none() && record.key.is_some() {
+        add("x-dlq-key-bytes", record.key.as_ref().map_or(0, Vec::len).to_string());
+    }
+    (key, headers)
 }
 
 /// Header values are kept under 4 KiB.
@@ -211,5 +247,25 @@ mod tests {
         assert_eq!(get("x-dlq-offset").as_deref(), Some("40"));
         assert_eq!(get("x-dlq-handler-digest").as_deref(), Some("sha256:ab"));
         assert_eq!(truncate(&"x".repeat(10_000)).len(), 4096 + '…'.len_utf8());
+        assert_eq!(get(DLQ_TIMESTAMP).as_deref(), Some("1700000000000"), "the original time");
+    }
+
+    #[test]
+    fn a_reference_dead_letter_keeps_the_reason_and_where_the_record_is_but_not_its_contents() {
+        let rec = Record { value: Some(vec![b'v'; 2_000_000]), key: Some(vec![b'k'; 5000]), ..original() };
+        let dead = DeadLetter { cause: "reject", outcome: "reject", reason: "bad", attempts: 1, digest: None };
+        let (key, h) = dlq_reference_headers(&rec, &dead, "cannot write to orders.dlq: message too large");
+        let get = |k: &str| h.iter().find(|h| h.key == k).map(|h| String::from_utf8_lossy(&h.value).into_owned());
+        assert_eq!(key, None, "a long key is left out");
+        assert_eq!(get("x-dlq-key-bytes").as_deref(), Some("5000"));
+        assert_eq!(get("x-dlq-reason").as_deref(), Some("bad"));
+        assert_eq!(get("x-dlq-offset").as_deref(), Some("40"));
+        assert_eq!(get("x-dlq-copy").as_deref(), Some("reference"));
+        assert!(get("x-dlq-copy-reason").is_some_and(|r| r.contains("too large")));
+        assert_eq!(get("x-dlq-value-bytes").as_deref(), Some("2000000"));
+        assert_eq!(get("trace"), None, "the original headers are left out");
+        let short = original();
+        let (key, _) = dlq_reference_headers(&short, &dead, "refused");
+        assert_eq!(key, Some(&b"k"[..]), "a short key is kept");
     }
 }

@@ -13,18 +13,101 @@ use crate::metrics::Metrics;
 use crate::producer_api::ProducerClient;
 use consumer::HostContext;
 use rdkafka::consumer::BaseConsumer;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// What `/readyz` reads.
+/// What `/readyz` and `/handlers` read.
 #[derive(Debug, Default)]
 pub struct Health {
     /// The consumer joined its group (received an assignment).
     pub joined: AtomicBool,
     /// librdkafka reported every broker down and none has answered since.
     pub brokers_down: AtomicBool,
+    /// Partitions whose next step keeps failing, by topic and partition.
+    stalls: std::sync::Mutex<std::collections::BTreeMap<(String, i32), Stall>>,
+}
+
+/// A partition that cannot move on: a record's copy (to the retry, dead-letter or events topic)
+/// keeps failing to be written.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Stall {
+    /// The Kafka topic (a `.retry` topic included).
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// When it started failing (RFC 3339).
+    pub since: String,
+    /// Seconds it has been failing.
+    pub seconds: u64,
+    /// The last failure.
+    pub reason: String,
+    #[serde(skip)]
+    started: std::time::Instant,
+}
+
+/// How long a partition may fail to move on before `/readyz` reports it (shorter failures are
+/// the ordinary blips of a cluster: a leader moving, a broker restarting).
+pub const STALL_REPORTED_AFTER: Duration = Duration::from_secs(30);
+
+impl Health {
+    fn stalls(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<(String, i32), Stall>> {
+        self.stalls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every partition stalled right now, with how long it has been.
+    pub fn stalled(&self) -> Vec<Stall> {
+        self.stalls().values().map(|s| Stall { seconds: s.started.elapsed().as_secs(), ..s.clone() }).collect()
+    }
+}
+
+/// One partition's side of [`Health`]: the partition task reports through it when it cannot
+/// move on and when it can again (without a lock while nothing fails).
+#[derive(Debug)]
+pub struct PartitionHealth {
+    health: Arc<Health>,
+    topic: String,
+    partition: i32,
+    stalled: AtomicBool,
+}
+
+impl PartitionHealth {
+    /// The reporter of `topic`/`partition`.
+    pub fn new(health: Arc<Health>, topic: &str, partition: i32) -> Self {
+        Self { health, topic: topic.to_string(), partition, stalled: AtomicBool::new(false) }
+    }
+
+    /// The partition's next step failed for `reason`: it is stalled from now (or since it first
+    /// failed, if it still is).
+    pub fn failing(&self, reason: &str) {
+        self.stalled.store(true, Ordering::Relaxed);
+        let mut stalls = self.health.stalls();
+        let stall = stalls.entry((self.topic.clone(), self.partition)).or_insert_with(|| Stall {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            since: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            seconds: 0,
+            reason: String::new(),
+            started: std::time::Instant::now(),
+        });
+        stall.reason.clear();
+        stall.reason.push_str(reason);
+    }
+
+    /// The partition moves on again.
+    pub fn recovered(&self) {
+        if self.stalled.swap(false, Ordering::Relaxed) {
+            self.health.stalls().remove(&(self.topic.clone(), self.partition));
+        }
+    }
+}
+
+impl Drop for PartitionHealth {
+    fn drop(&mut self) {
+        // A partition given up (revoked, stopped) is no longer this host's to report.
+        self.recovered();
+    }
 }
 
 /// What the consumer thread and the partition tasks share.
@@ -35,24 +118,45 @@ pub struct Shared {
     pub(crate) producer_client: ProducerClient,
     pub(crate) deliverer: deliver::Deliverer,
     pub(crate) consumer: OnceLock<Weak<BaseConsumer<HostContext>>>,
-    /// Per partition, the next offset to commit: one past the last record whose outcome is
-    /// final (-1 before the first). Each partition task writes its own; explicit commits
-    /// (revoke, shutdown) commit exactly these, never the fetch position.
-    pub(crate) stored: std::sync::Mutex<std::collections::HashMap<(String, i32), Arc<std::sync::atomic::AtomicI64>>>,
+    /// Per partition, how far its task got. Each partition task writes its own; explicit
+    /// commits (revoke, shutdown) commit exactly its `stored` offsets, never the fetch position,
+    /// and the lag metric is counted from them.
+    pub(crate) stored: std::sync::Mutex<std::collections::HashMap<(String, i32), Arc<Progress>>>,
     pub(crate) health: Arc<Health>,
     pub(crate) drain_timeout: Duration,
     pub(crate) events_topic: Option<String>,
     pub(crate) runtime: tokio::runtime::Handle,
 }
 
+/// How far a partition's task got.
+#[derive(Debug)]
+pub(crate) struct Progress {
+    /// The next offset to commit: one past the last record whose outcome is final (-1 before
+    /// the first).
+    pub stored: AtomicI64,
+    /// The offset of the first record the task took (-1 before it took one): where the
+    /// partition stands while no outcome is final yet.
+    pub first_taken: AtomicI64,
+}
+
+impl Progress {
+    /// Where the partition stands: the first offset whose outcome is not final, as far as the
+    /// task knows (`None` before it took a record).
+    pub fn position(&self) -> Option<i64> {
+        let stored = self.stored.load(Ordering::Acquire);
+        let first = self.first_taken.load(Ordering::Acquire);
+        [stored, first].into_iter().find(|o| *o >= 0)
+    }
+}
+
 impl Shared {
-    /// The slot a partition task records its next offset to commit in (registered on first use).
-    pub(crate) fn offset_slot(&self, topic: &str, partition: i32) -> Arc<std::sync::atomic::AtomicI64> {
+    /// The progress a partition task records its offsets in (registered on first use).
+    pub(crate) fn progress(&self, topic: &str, partition: i32) -> Arc<Progress> {
         self.stored
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry((topic.to_string(), partition))
-            .or_insert_with(|| Arc::new(std::sync::atomic::AtomicI64::new(-1)))
+            .or_insert_with(|| Arc::new(Progress { stored: AtomicI64::new(-1), first_taken: AtomicI64::new(-1) }))
             .clone()
     }
 }

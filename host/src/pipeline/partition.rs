@@ -4,10 +4,10 @@
 //! hands failures on to the retry or dead-letter topic, sends its events to the events topic when one is configured, and stores
 //! the record's offset only once its outcome is final.
 
-use super::Shared;
 use super::consumer::HostContext;
-use super::deliver::{Outgoing, Sent};
-use super::headers::{DeadLetter, dlq_headers, parse_retry, retry_headers};
+use super::deliver::{Outgoing, Refusal, Sent};
+use super::headers::{DeadLetter, dlq_headers, dlq_reference_headers, parse_retry, retry_headers};
+use super::{PartitionHealth, Progress, Shared};
 use crate::handlers::{ActiveHandler, HandlerCode, RETRY_SUFFIX, TopicCounters, dlq_topic, retry_topic};
 use crate::metrics::{KindLabels, OutcomeLabels, TopicLabels};
 use crate::record::Invocation;
@@ -20,7 +20,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -98,7 +98,8 @@ struct PartitionState {
     outcomes: Vec<Counter>,
     duration: Histogram,
     dropped: Counter,
-    next_offset: Arc<AtomicI64>,
+    progress: Arc<Progress>,
+    health: PartitionHealth,
     store: TopicPartitionList,
 }
 
@@ -130,15 +131,27 @@ impl PartitionState {
             from_retry_topic,
             worker: None,
             handler: None,
-            next_offset: shared.offset_slot(topic, partition),
+            progress: shared.progress(topic, partition),
+            health: PartitionHealth::new(shared.health.clone(), topic, partition),
             store,
         }
     }
 
-    /// Records that the partition's records before `next` have final outcomes, for the next
-    /// auto-commit and for explicit commits.
+    /// Records that the partition's records before `next` have final outcomes, for explicit
+    /// commits (revoke, shutdown) and the lag metric. Cheap: call it per record.
+    fn mark_final(&self, next: i64) {
+        self.progress.stored.store(next, Ordering::Release);
+    }
+
+    /// Notes the offset of a record the task took, if it is the first.
+    fn taken(&self, offset: i64) {
+        let _ = self.progress.first_taken.compare_exchange(-1, offset, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// [`mark_final`](Self::mark_final), and hands the offset to librdkafka for the next
+    /// auto-commit (once per record handled alone, once per batch).
     fn store_offset(&mut self, shared: &Shared, next: i64) {
-        self.next_offset.store(next, Ordering::Release);
+        self.mark_final(next);
         let Some(consumer) = shared.consumer.get().and_then(std::sync::Weak::upgrade) else { return };
         if self.store.set_all_offsets(rdkafka::Offset::Offset(next)).is_ok()
             && let Err(e) = consumer.store_offsets(&self.store)
@@ -171,6 +184,7 @@ async fn run(
                 None => break,
             },
         };
+        state.taken(record.offset);
         // A busy partition must not starve the other tasks on its thread (HTTP, other
         // partitions): a handler call often completes without ever yielding.
         tokio::task::consume_budget().await;
@@ -332,8 +346,9 @@ async fn handle_batch(
             let label = TopicLabels { topic: state.handler_topic.to_string() };
             shared.metrics.batched_records.get_or_create(&label).inc_by(invocations.len() as u64);
             let mut records = batch.into_iter();
-            // The offset is stored once for the batch, after its last final record (also when
-            // giving up on the one after it): the same guarantee as per record, one store.
+            // Each final record is marked at once (a stop or revoke that cuts the batch short
+            // commits every record finished so far); librdkafka is handed the offset once for
+            // the batch, after its last final record (also when giving up on the one after it).
             let (mut next, mut done) = (None, BatchDone::Handled);
             for invocation in invocations {
                 let Some(record) = records.next() else { break };
@@ -342,6 +357,7 @@ async fn handle_batch(
                     done = BatchDone::Abandoned;
                     break;
                 }
+                state.mark_final(offset + 1);
                 next = Some(offset + 1);
             }
             if let Some(next) = next {
@@ -399,7 +415,7 @@ async fn handle(
                 tracing::warn!(record = %At(&record), "{reason}");
                 let dead =
                     DeadLetter { cause: "malformed", outcome: "malformed", reason: &reason, attempts: 0, digest: None };
-                return dead_letter(shared, handler_topic, &record, &dead, stop).await;
+                return dead_letter(shared, &state.health, handler_topic, &record, &dead, stop).await;
             }
         }
     } else {
@@ -409,8 +425,13 @@ async fn handle(
     let mut in_place = 0u32;
     loop {
         let Some(handler) = shared.registry.get_cached(handler_topic, &mut state.handler) else {
-            tracing::info!(record = %At(&record), "no handler for {handler_topic} any more; leaving the record for redelivery");
-            return Done::Abandoned;
+            // The handler file was removed: the partition is revoked once the consumer follows
+            // the new topic set, unless the handler is back first (then the record is its).
+            tracing::info!(record = %At(&record), "no handler for {handler_topic}: the record waits for one");
+            if !wait_for_handler(shared, handler_topic, stop).await {
+                return Done::Abandoned;
+            }
+            continue;
         };
         let earlier = first.take().filter(|(_, by)| handler.code.same_code(by));
         let invocation = match earlier {
@@ -439,11 +460,28 @@ async fn handle(
             Outcome::Ok => {
                 tracing::debug!(record = %At(&record), attempt = record.attempt, us = invocation.duration.as_micros() as u64, "ok");
                 if !invocation.events.is_empty() {
-                    if let Some(events_topic) = &shared.events_topic
-                        && publish_durably(shared, events_topic, &record, &invocation.events, stop).await
-                            == Sent::Abandoned
-                    {
-                        return Done::Abandoned;
+                    if let Some(events_topic) = &shared.events_topic {
+                        match publish_durably(shared, &state.health, events_topic, &record, &invocation.events, stop)
+                            .await
+                        {
+                            Sent::Acknowledged => {}
+                            Sent::Abandoned => return Done::Abandoned,
+                            // An event no retry will write (over the topic's size limit): the
+                            // record is dead-lettered with the reason, to be re-driven once the
+                            // handler is mended; events already written stay.
+                            Sent::Refused(refusal) => {
+                                let reason = format!("its events could not be written: {}", refusal.reason);
+                                tracing::warn!(record = %At(&record), "{reason}; dead-lettering it");
+                                let dead = DeadLetter {
+                                    cause: "undeliverable",
+                                    outcome: "ok",
+                                    reason: &reason,
+                                    attempts: record.attempt,
+                                    digest: Some(digest),
+                                };
+                                return dead_letter(shared, &state.health, handler_topic, &record, &dead, stop).await;
+                            }
+                        }
                     }
                     shared.events.publish(invocation.events);
                 }
@@ -458,7 +496,7 @@ async fn handle(
                     attempts: record.attempt,
                     digest: Some(digest),
                 };
-                return dead_letter(shared, handler_topic, &record, &dead, stop).await;
+                return dead_letter(shared, &state.health, handler_topic, &record, &dead, stop).await;
             }
             retryable => {
                 let reason = retryable.reason().unwrap_or_default();
@@ -477,7 +515,7 @@ async fn handle(
                         attempts: record.attempt,
                         digest: Some(digest),
                     };
-                    return dead_letter(shared, handler_topic, &record, &dead, stop).await;
+                    return dead_letter(shared, &state.health, handler_topic, &record, &dead, stop).await;
                 }
                 in_place += 1;
                 if in_place < policy.in_place_attempts {
@@ -514,7 +552,30 @@ async fn handle(
                     "{}: {reason}; redelivering through the retry topic in {delay:?}",
                     retryable.label()
                 );
-                return match shared.deliverer.send(&retry_topic(handler_topic), &record, &headers, stop).await {
+                let out = Outgoing { key: record.key.as_deref(), value: record.value.as_deref() };
+                return match shared
+                    .deliverer
+                    .send(&retry_topic(handler_topic), out, &headers, stop, &state.health)
+                    .await
+                {
+                    // No retry will write this copy (over the retry topic's size limit, or a
+                    // topic the host may not write): dead-lettered now, with both reasons.
+                    Sent::Refused(refusal) => {
+                        let reason = format!(
+                            "{}: {reason}; it could not be handed to the retry topic: {}",
+                            retryable.label(),
+                            refusal.reason
+                        );
+                        tracing::warn!(record = %At(&record), "{reason}; dead-lettering it");
+                        let dead = DeadLetter {
+                            cause: "undeliverable",
+                            outcome: retryable.label(),
+                            reason: &reason,
+                            attempts: record.attempt,
+                            digest: Some(digest),
+                        };
+                        dead_letter(shared, &state.health, handler_topic, &record, &dead, stop).await
+                    }
                     Sent::Acknowledged => {
                         shared
                             .metrics
@@ -533,10 +594,12 @@ async fn handle(
 
 /// Sends a record's events to the events topic, keyed by the record's key (so one key's events
 /// keep their order), each with an `event-kind` header; returns once the broker acknowledged them
-/// all, or `Abandoned` when told to stop first (the record is then handled again, and its events
-/// sent again: the topic is at least once).
+/// all, `Abandoned` when told to stop first (the record is then handled again, and its events
+/// sent again: the topic is at least once), or the refusal of an event over the topic's size
+/// limit. A topic the host may not write stalls the partition until it can.
 async fn publish_durably(
     shared: &Shared,
+    health: &PartitionHealth,
     events_topic: &str,
     record: &Record,
     events: &[crate::record::Event],
@@ -547,23 +610,48 @@ async fn publish_durably(
         async move {
             let value = event.to_json().to_string();
             let headers = [crate::record::Header { key: "event-kind".into(), value: event.kind.clone().into_bytes() }];
-            let out = Outgoing { key: record.key.as_deref(), value: Some(value.as_bytes()), timestamp_ms: None };
-            shared.deliverer.send_parts(events_topic, out, &headers, &mut stop).await
+            let out = Outgoing { key: record.key.as_deref(), value: Some(value.as_bytes()) };
+            match shared.deliverer.send(events_topic, out, &headers, &mut stop, health).await {
+                Sent::Refused(Refusal { too_large: false, .. }) => {
+                    shared.deliverer.send_or_stall(events_topic, out, &headers, &mut stop, health).await
+                }
+                sent => sent,
+            }
         }
     });
     let results = futures::future::join_all(sends).await;
+    if let Some(refused) = results.iter().find(|r| matches!(r, Sent::Refused(_))) {
+        return refused.clone();
+    }
     if results.contains(&Sent::Abandoned) { Sent::Abandoned } else { Sent::Acknowledged }
 }
 
+/// Sends `record` to its dead-letter topic with `dead`'s reason. A copy no retry will write (over
+/// the topic's size limit, or refused) is replaced by a reference to the record (its topic,
+/// partition and offset, the reason and why the copy was replaced, the key if short; no value,
+/// no original headers); a reference the topic refuses stalls the partition, reported with the
+/// reason, until it can be written.
 async fn dead_letter(
     shared: &Shared,
+    health: &PartitionHealth,
     handler_topic: &str,
     record: &Record,
     dead: &DeadLetter<'_>,
     stop: &mut watch::Receiver<bool>,
 ) -> Done {
+    let topic = dlq_topic(handler_topic);
     let headers = dlq_headers(record, dead);
-    match shared.deliverer.send(&dlq_topic(handler_topic), record, &headers, stop).await {
+    let out = Outgoing { key: record.key.as_deref(), value: record.value.as_deref() };
+    let sent = match shared.deliverer.send(&topic, out, &headers, stop, health).await {
+        Sent::Refused(refusal) => {
+            tracing::warn!(record = %At(record), "{}; dead-lettering a reference to the record instead", refusal.reason);
+            let (key, headers) = dlq_reference_headers(record, dead, &refusal.reason);
+            let out = Outgoing { key, value: None };
+            shared.deliverer.send_or_stall(&topic, out, &headers, stop, health).await
+        }
+        sent => sent,
+    };
+    match sent {
         Sent::Acknowledged => {
             shared
                 .metrics
@@ -573,7 +661,16 @@ async fn dead_letter(
             shared.registry.counters(handler_topic).dead_lettered.fetch_add(1, Ordering::Relaxed);
             Done::Final
         }
-        Sent::Abandoned => Done::Abandoned,
+        Sent::Abandoned | Sent::Refused(_) => Done::Abandoned,
+    }
+}
+
+/// Waits until `topic` has a handler again; false when told to stop first.
+async fn wait_for_handler(shared: &Shared, topic: &str, stop: &mut watch::Receiver<bool>) -> bool {
+    let mut topics = shared.registry.watch_topics();
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => false,
+        found = topics.wait_for(|t| t.iter().any(|t| t == topic)) => found.is_ok(),
     }
 }
 
