@@ -146,9 +146,12 @@ async fn log_and_event_floods_are_capped_and_counted() {
     assert_eq!(inv.dropped, 100_000 - 10);
 
     let inv = misdeed(&mut worker, "event-flood", "").await;
-    assert_eq!(inv.outcome, Outcome::Ok);
-    assert_eq!(inv.events.len(), 7);
-    assert_eq!(inv.dropped, 100_000 + 1 - 7, "the 10 MiB event is dropped too");
+    match &inv.outcome {
+        Outcome::Trap(reason) => assert!(reason.contains("too much data"), "{reason}"),
+        other => panic!("a 10 MiB event is past what one call may pass the host: {other:?}"),
+    }
+    let inv = misdeed(&mut worker, "big-event", &(64 * 1024 + 1).to_string()).await;
+    assert_eq!((inv.outcome, inv.events.len(), inv.dropped), (Outcome::Ok, 0, 1), "an event over its limit is dropped");
 }
 
 #[tokio::test]
@@ -269,6 +272,12 @@ async fn a_request_body_over_the_limit_is_denied_before_anything_is_sent() {
     let limits = HandlerLimits { max_producer_request_bytes: 64 * 1024, ..HandlerLimits::default() };
     let mut worker = hostile_worker(limits, ProducerClient::new(&stub.url).expect("url"));
     let inv = misdeed(&mut worker, "big-body", &(8 * 1024 * 1024).to_string()).await;
+    assert!(
+        matches!(&inv.outcome, Outcome::Trap(r) if r.contains("too much data")),
+        "past what one call may pass the host: {:?}",
+        inv.outcome
+    );
+    let inv = misdeed(&mut worker, "big-body", &(512 * 1024).to_string()).await;
     assert_eq!(inv.outcome, Outcome::Ok, "the handler saw a typed error and carried on");
     let result: serde_json::Value = serde_json::from_str(&inv.events[0].payload).expect("json");
     let error = result["error"].as_str().unwrap_or_default();
