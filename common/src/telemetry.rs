@@ -47,11 +47,19 @@ pub fn init(format: LogFormat) {
     }
 }
 
-/// Writes `text` to `out` with every control character (C0 but the tab, DEL, C1, line and
-/// paragraph separators) escaped as `\n`, `\r` or `\u{..}`.
+/// Whether `c` is escaped in a text log line: a control character (C0 but the tab, DEL, C1), a
+/// line or paragraph separator, or an invisible format character that reorders or hides text
+/// (bidirectional overrides and isolates, zero-width characters, the byte-order mark).
+fn escaped(c: char) -> bool {
+    (c.is_control() && c != '\t')
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
+/// Writes `text` to `out` with every character [`escaped`] picks written as `\n`, `\r` or
+/// `\u{..}`.
 pub fn escape_controls(out: &mut impl std::fmt::Write, text: &str) -> std::fmt::Result {
     let mut rest = text;
-    while let Some(at) = rest.find(|c: char| (c.is_control() && c != '\t') || matches!(c, '\u{2028}' | '\u{2029}')) {
+    while let Some(at) = rest.find(escaped) {
         out.write_str(&rest[..at])?;
         let c = rest[at..].chars().next().unwrap_or_default();
         match c {
@@ -94,7 +102,9 @@ struct FieldWriter<'w> {
 
 impl Visit for FieldWriter<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if self.result.is_err() {
+        // The `log` crate's own fields (tracing-log adds them to records it forwards), as the
+        // default formatter leaves them out.
+        if self.result.is_err() || field.name().starts_with("log.") {
             return;
         }
         if !std::mem::take(&mut self.first) {
@@ -125,8 +135,8 @@ mod tests {
     #[test]
     fn control_characters_are_escaped_and_the_rest_kept() {
         let mut out = String::new();
-        escape_controls(&mut out, "a\nb\r\nc\u{1b}[31m\td\u{85}é\u{2028}").expect("write");
-        assert_eq!(out, "a\\nb\\r\\nc\\u{1b}[31m\td\\u{85}é\\u{2028}");
+        escape_controls(&mut out, "a\nb\r\nc\u{1b}[31m\td\u{85}é\u{2028}\u{202e}x\u{200b}").expect("write");
+        assert_eq!(out, "a\\nb\\r\\nc\\u{1b}[31m\td\\u{85}é\\u{2028}\\u{202e}x\\u{200b}");
     }
 
     /// A writer the test reads back.

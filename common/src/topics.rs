@@ -3,7 +3,7 @@
 //! partitions and replication factor.
 
 use crate::kafka::{KafkaContext, KafkaSettings};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::error::RDKafkaErrorCode;
 use std::time::Duration;
 
@@ -114,4 +114,66 @@ pub async fn ensure_topic_specs(
         }
     }
     Ok(created)
+}
+
+/// The configs of existing `topics` that fall short of the values they would be created with (a
+/// shorter `retention.ms`, a smaller `max.message.bytes`), one sentence each, for the operator:
+/// the services never change an existing topic.
+pub async fn config_shortfalls(
+    settings: &KafkaSettings,
+    topics: &[TopicSpec],
+    timeout: Duration,
+) -> Result<Vec<String>, TopicError> {
+    let wanted: Vec<&TopicSpec> = topics.iter().filter(|t| !t.config.is_empty()).collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let admin: AdminClient<KafkaContext> = settings
+        .client_config(crate::kafka::ClientRole::Admin)
+        .create_with_context(KafkaContext::new(settings))
+        .map_err(TopicError::Client)?;
+    let specifiers: Vec<ResourceSpecifier<'_>> = wanted.iter().map(|t| ResourceSpecifier::Topic(&t.name)).collect();
+    let options = AdminOptions::new().request_timeout(Some(timeout));
+    let described = admin
+        .describe_configs(&specifiers, &options)
+        .await
+        .map_err(|source| TopicError::Metadata { brokers: settings.brokers.clone(), source })?;
+    let mut shortfalls = Vec::new();
+    for (spec, resource) in wanted.iter().zip(described) {
+        let Ok(resource) = resource else { continue };
+        for (key, want) in &spec.config {
+            let have = resource.get(key).and_then(|e| e.value.as_deref()).and_then(|v| v.parse::<i64>().ok());
+            if let (Some(have), Ok(want)) = (have, want.parse::<i64>())
+                && falls_short(have, want)
+            {
+                shortfalls.push(format!(
+                    "topic {} has {key}={have}, less than the {want} it would be created with",
+                    spec.name
+                ));
+            }
+        }
+    }
+    Ok(shortfalls)
+}
+
+/// Whether a limit of `have` is less than `want` (-1 is no limit).
+fn falls_short(have: i64, want: i64) -> bool {
+    match (have, want) {
+        (-1, _) => false,
+        (_, -1) => true,
+        (have, want) => have < want,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shorter_or_bounded_limit_falls_short_and_no_limit_never_does() {
+        assert!(falls_short(604_800_000, 1_209_600_000));
+        assert!(falls_short(1_209_600_000, -1), "a bounded retention where none was wanted");
+        assert!(!falls_short(-1, 1_209_600_000));
+        assert!(!falls_short(8 << 20, 8 << 20));
+    }
 }

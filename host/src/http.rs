@@ -10,7 +10,7 @@ use crate::pipeline::{Health, STALL_REPORTED_AFTER};
 use crate::producer_api::{CallBounds, Method, ProducerClient, Request};
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -62,7 +62,7 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, axum::Json(serde_json::json!({"error": message}))).into_response()
 }
 
-async fn readyz(State(s): State<ApiState>) -> Response {
+async fn readyz(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     let mut reasons = Vec::new();
     if s.registry.active_topics().is_empty() {
         reasons.push("no handler is loaded".to_string());
@@ -80,11 +80,16 @@ async fn readyz(State(s): State<ApiState>) -> Response {
         ));
     }
     if reasons.is_empty() {
-        axum::Json(serde_json::json!({"ready": true})).into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"ready": false, "reasons": reasons})))
-            .into_response()
+        return axum::Json(serde_json::json!({"ready": true})).into_response();
     }
+    // The route is public (load balancers ask it); why the host is not ready (topic names,
+    // broker errors) is for operators only.
+    let body = if common::auth::check(s.operator_token.as_ref(), &headers).is_ok() {
+        serde_json::json!({"ready": false, "reasons": reasons})
+    } else {
+        serde_json::json!({"ready": false, "reasons": "send the operator token to see them"})
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
 
 async fn ping(State(s): State<ApiState>) -> Response {

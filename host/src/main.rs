@@ -113,6 +113,8 @@ fn main() -> ExitCode {
 fn cli_logging() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // A handler's log lines reach this log: none may end its line and forge another.
+        .fmt_fields(common::telemetry::EscapedFields)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .init();
 }

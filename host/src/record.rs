@@ -32,6 +32,34 @@ pub enum Outcome {
     Memory(String),
 }
 
+/// The longest reason kept of a handler's `retry` or `reject` (longer ones are cut, marked with
+/// `…`): reasons go to log lines and dead-letter headers.
+pub const MAX_REASON_BYTES: usize = 4096;
+
+/// `text` cut to at most `max` bytes at a character boundary, marked with `…` when cut.
+pub fn truncated(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let cut = (0..=max).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    std::borrow::Cow::Owned(format!("{}…", &text[..cut]))
+}
+
+impl From<crate::bindings::types::HandlerError> for Outcome {
+    /// A handler's own `retry` or `reject`, its reason cut to [`MAX_REASON_BYTES`].
+    fn from(error: crate::bindings::types::HandlerError) -> Self {
+        use crate::bindings::types::HandlerError;
+        let cut = |reason: String| match truncated(&reason, MAX_REASON_BYTES) {
+            std::borrow::Cow::Borrowed(_) => reason,
+            std::borrow::Cow::Owned(cut) => cut,
+        };
+        match error {
+            HandlerError::Retry(reason) => Outcome::Retry(cut(reason)),
+            HandlerError::Reject(reason) => Outcome::Reject(cut(reason)),
+        }
+    }
+}
+
 impl Outcome {
     /// Every outcome's label, in [`Outcome::index`] order.
     pub const LABELS: [&'static str; 6] = ["ok", "retry", "reject", "trap", "timeout", "memory"];
@@ -126,4 +154,22 @@ pub struct Invocation {
     pub dropped: u32,
     /// Wall time of the call, instantiation included.
     pub duration: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::types::HandlerError;
+
+    #[test]
+    fn a_handlers_reason_is_cut_at_a_character_boundary() {
+        assert_eq!(truncated("héllo", 2), "h…");
+        assert_eq!(truncated("hello", 5), "hello");
+        let long = "é".repeat(MAX_REASON_BYTES);
+        match Outcome::from(HandlerError::Reject(long)) {
+            Outcome::Reject(reason) => assert!(reason.len() <= MAX_REASON_BYTES + '…'.len_utf8()),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(Outcome::from(HandlerError::Retry("later".into())), Outcome::Retry("later".into()));
+    }
 }

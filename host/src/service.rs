@@ -207,6 +207,16 @@ async fn ensure_topics(plan: TopicPlan, mut topics: watch::Receiver<Vec<String>>
                     if !created.is_empty() {
                         tracing::info!(?created, "created topics");
                     }
+                    let existing: Vec<TopicSpec> =
+                        wanted.iter().filter(|t| !created.contains(&t.name)).cloned().collect();
+                    match common::topics::config_shortfalls(&plan.kafka, &existing, Duration::from_secs(10)).await {
+                        Ok(shortfalls) => {
+                            for shortfall in shortfalls {
+                                tracing::warn!("{shortfall}: copies may be deleted before they are read, or not fit");
+                            }
+                        }
+                        Err(e) => tracing::debug!("cannot read the topics' configs: {e}"),
+                    }
                     break;
                 }
                 Err(e) => {

@@ -176,7 +176,11 @@ async fn check_and_invoke_refuse_a_device_or_an_oversized_file_without_reading_i
     std::os::unix::fs::symlink("/dev/zero", &link).expect("symlink");
     let huge = dir.path().join("huge.wasm");
     std::fs::File::create(&huge).expect("create").set_len(1 << 30).expect("a sparse 1 GiB file");
-    for (path, expected) in [(&link, "is not a regular file"), (&huge, "over the limit")] {
+    let fifo = dir.path().join("fifo.wasm");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    for (path, expected) in
+        [(&link, "is not a regular file"), (&huge, "over the limit"), (&fifo, "is not a regular file")]
+    {
         let path = path.to_str().expect("utf8");
         let check = host(&["check", path]).await;
         assert_eq!(check.status.code(), Some(2), "{check:?}");

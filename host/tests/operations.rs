@@ -163,12 +163,20 @@ async fn ping_answers_502_quickly_when_the_producer_is_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_is_503_without_handlers() {
+async fn readyz_is_503_without_handlers_and_says_why_to_operators_only() {
     let mock = cluster(&["orders"]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let host = host::service::start(host_env(&mock, dir.path(), &uuid_like(), &[])).await.expect("start");
-    let ready = reqwest::get(format!("http://{}/readyz", host.addr)).await.expect("readyz");
+    let token = "an-operator-token-of-at-least-32-bytes";
+    let env = host_env(&mock, dir.path(), &uuid_like(), &[("OPERATOR_TOKEN", token)]);
+    let host = host::service::start(env).await.expect("start");
+    let url = format!("http://{}/readyz", host.addr);
+    let ready = reqwest::get(&url).await.expect("readyz");
     assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.expect("json");
+    assert!(!body.to_string().contains("handler"), "no reasons without the token: {body}");
+    let ready = reqwest::Client::new().get(&url).bearer_auth(token).send().await.expect("readyz");
+    let body: serde_json::Value = ready.json().await.expect("json");
+    assert!(body["reasons"].to_string().contains("no handler is loaded"), "{body}");
     host.shutdown().await;
 }
 

@@ -331,7 +331,7 @@ async fn a_failing_record_too_large_to_copy_is_dead_lettered_by_reference_and_th
     let dlq = read_topic(&mock, "orders.dlq", 1, Duration::from_secs(20));
     assert_eq!(dlq.len(), 1);
     let d = &dlq[0];
-    assert_eq!(d.value, None, "the value is left out");
+    assert_eq!(d.value.as_deref(), Some(""), "the value is left out (empty, not a tombstone)");
     assert_eq!(d.key.as_deref(), Some("reject"), "a short key is kept");
     assert_eq!(d.header("trace"), None, "the original headers are left out");
     assert_eq!(d.header("x-dlq-copy"), Some("reference"));
@@ -556,4 +556,63 @@ async fn a_batch_cut_short_by_the_drain_timeout_commits_the_records_it_finished(
     tokio::time::sleep(Duration::from_millis(500)).await;
     host.shutdown().await;
     assert_eq!(committed(&mock, &group, "orders")[0], 1, "the record finished before the cut is committed, no more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_record_waits_no_longer_than_the_handlers_policy_allows() {
+    let mock = cluster(&["orders"]);
+    let dir = handlers_dir("orders", Some("[retry]\nretry_topic_delay_ms = 100\nretry_topic_delay_max_ms = 500\n"));
+    let host = start_host(host_env(&mock, dir.path(), &uuid_like(), &[])).await;
+    let mut events = Events::connect(host.addr).await;
+    // A copy written to wait a day (under an older policy, or by a skewed clock).
+    let day_later = (chrono::Utc::now().timestamp_millis() + 86_400_000).to_string();
+    let headers = [
+        ("x-retry-topic", "orders"),
+        ("x-retry-partition", "1"),
+        ("x-retry-offset", "7"),
+        ("x-retry-attempt", "2"),
+        ("x-retry-hops", "1"),
+        ("x-retry-not-before", day_later.as_str()),
+        ("x-retry-error", "retry: earlier"),
+    ];
+    produce(&producer(&mock), "orders.retry", 0, "echo", "a day early", &headers).await;
+    let seen = events.take(1, Duration::from_secs(10)).await;
+    assert_eq!(
+        seen.first().map(|e| e["payload"]["value"].clone()),
+        Some("a day early".into()),
+        "handled within the policy's 500 ms"
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_topic_the_broker_refuses_stalls_its_partition_instead_of_dead_lettering() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = cluster(&["orders"]);
+    let dir = handlers_dir("orders", Some("[retry]\nin_place_attempts = 1\nmax_attempts = 3\n"));
+    let host = start_host(host_env(&mock, dir.path(), &uuid_like(), &[])).await;
+    let p = producer(&mock);
+    produce(&p, "orders", 1, "sleep", "2000", &[]).await;
+    produce(&p, "orders", 1, "retry", "needs another try", &[]).await;
+    mock.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 500]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let stalled = loop {
+        let status = handler_status(host.addr, "orders").await;
+        if let Some(stall) = status["stalled"].as_array().and_then(|s| s.first()).cloned() {
+            break stall;
+        }
+        assert!(std::time::Instant::now() < deadline, "no stall reported: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(stalled["reason"].as_str().is_some_and(|r| r.contains("orders.retry")), "{stalled}");
+    mock.clear_request_errors(RDKafkaApiKey::Produce);
+    let retries = read_topic(&mock, "orders.retry", 1, Duration::from_secs(30));
+    assert_eq!(retries.len(), 1, "the copy went to the retry topic once the broker took it");
+    assert_eq!(retries[0].value.as_deref(), Some("needs another try"));
+    let dlq = read_topic(&mock, "orders.dlq", 1, Duration::from_secs(1));
+    assert!(
+        dlq.is_empty() || dlq[0].header("x-dlq-cause") == Some("exhausted"),
+        "not dead-lettered for the refusal: {dlq:?}"
+    );
+    host.shutdown().await;
 }

@@ -405,3 +405,29 @@ async fn oversized_import_arguments_are_refused_or_cut_and_counted() {
     assert_eq!((inv.outcome, inv.dropped), (Outcome::Ok, 0));
     assert!(stub.seen().is_empty(), "nothing reached the producer");
 }
+
+#[tokio::test]
+async fn a_guest_that_keeps_wasi_handles_without_end_traps_at_the_cap() {
+    let mut worker = hostile_worker(HandlerLimits::default(), ProducerClient::unconfigured());
+    let inv = misdeed(&mut worker, "handle-flood", "100").await;
+    assert_eq!(inv.events[0].payload, "100", "a handler may keep a few handles");
+    let inv = misdeed(&mut worker, "handle-flood", "100000").await;
+    assert!(matches!(inv.outcome, Outcome::Trap(_)), "{:?}", inv.outcome);
+    assert_next_record_runs(&mut worker).await;
+}
+
+#[tokio::test]
+async fn a_batch_whose_events_pass_one_records_budget_is_redone_record_by_record() {
+    // 8 events of 64 KiB a record: 512 KiB. Ten records of one 60 KB event each pass it together.
+    let limits = HandlerLimits { max_events_per_record: 8, ..HandlerLimits::default() };
+    let mut worker = hostile_worker(limits, ProducerClient::unconfigured());
+    let records: Vec<Record> = (0..10).map(|i| Record { offset: i, ..record("t", "big-event", "60000") }).collect();
+    match worker.invoke_batch(&records, None).await {
+        host::runtime::BatchInvocation::Failed(reason) => assert!(reason.contains("event bytes"), "{reason}"),
+        other => panic!("expected the batch to fail, got {other:?}"),
+    }
+    for r in &records {
+        let inv = worker.invoke(r).await;
+        assert_eq!((inv.outcome, inv.events.len()), (Outcome::Ok, 1), "alone, each record keeps its event");
+    }
+}

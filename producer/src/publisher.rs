@@ -3,6 +3,7 @@
 //! or fails within the produce timeout: never a success for an unpublished record.
 
 use common::kafka::{KafkaContext, KafkaSettings};
+use common::producer::RenewableProducer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -31,7 +32,8 @@ pub enum PublishError {
 
 /// The Kafka producer.
 pub struct Publisher {
-    producer: FutureProducer<KafkaContext>,
+    /// Replaced after a fatal error, so the next publish goes through a working producer.
+    producer: RenewableProducer,
     timeout: Duration,
 }
 
@@ -44,14 +46,18 @@ impl std::fmt::Debug for Publisher {
 impl Publisher {
     /// Creates the producer. `timeout` bounds every publish (librdkafka's `message.timeout.ms`).
     pub fn new(settings: &KafkaSettings, timeout: Duration) -> Result<Self, KafkaError> {
-        let mut config = settings.client_config(common::kafka::ClientRole::Producer);
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("partitioner", "murmur2_random")
-            .set("message.timeout.ms", timeout.as_millis().to_string())
-            .set("linger.ms", "2");
-        Ok(Self { producer: config.create_with_context(KafkaContext::new(settings))?, timeout })
+        let settings = settings.clone();
+        let build = move || -> Result<FutureProducer<KafkaContext>, KafkaError> {
+            let mut config = settings.client_config(common::kafka::ClientRole::Producer);
+            config
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("partitioner", "murmur2_random")
+                .set("message.timeout.ms", timeout.as_millis().to_string())
+                .set("linger.ms", "2");
+            config.create_with_context(KafkaContext::new(&settings))
+        };
+        Ok(Self { producer: RenewableProducer::new(build)?, timeout })
     }
 
     /// Publishes one record and waits for the broker's acknowledgement.
@@ -68,19 +74,25 @@ impl Publisher {
         let record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
         // librdkafka's message timeout fails the delivery itself; the outer timer only guards
         // against a delivery report that never comes.
-        let delivery = self.producer.send(record, Timeout::After(self.timeout));
+        let producer = self.producer.current();
+        let delivery = producer.send(record, Timeout::After(self.timeout));
         match tokio::time::timeout(self.timeout + Duration::from_secs(1), delivery).await {
             Err(_) => Err(PublishError::Timeout(self.timeout)),
             Ok(Ok(delivered)) => Ok(Published { partition: delivered.partition, offset: delivered.offset }),
             Ok(Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::MessageTimedOut), _))) => {
                 Err(PublishError::Timeout(self.timeout))
             }
-            Ok(Err((e, _))) => Err(PublishError::Kafka(e)),
+            Ok(Err((e, _))) => {
+                if RenewableProducer::is_fatal(&e) {
+                    self.producer.renew(&producer);
+                }
+                Err(PublishError::Kafka(e))
+            }
         }
     }
 
     /// Waits for every queued record to be delivered (at shutdown).
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(Timeout::After(timeout))
+        self.producer.current().flush(Timeout::After(timeout))
     }
 }

@@ -134,9 +134,15 @@ impl Loader {
         } else {
             self.defaults.clone()
         };
-        let bytes = read_file(&wasm_path, self.engine.config().max_component_bytes)
-            .map_err(|e| format!("{}: {e}", wasm_path.display()))?;
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        // Reading (up to 64 MiB, from a network filesystem) and hashing block: off the runtime.
+        let (path, limit) = (wasm_path.clone(), self.engine.config().max_component_bytes);
+        let (bytes, digest) = tokio::task::spawn_blocking(move || {
+            let bytes = read_file(&path, limit).map_err(|e| format!("{}: {e}", path.display()))?;
+            let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+            Ok::<_, String>((bytes, digest))
+        })
+        .await
+        .map_err(|e| format!("the loader task failed: {e}"))??;
         let current = self.registry.get(topic);
         let module = match current.as_ref().map(|a| (&a.code, &a.settings)) {
             Some((HandlerCode::Wasm(module), current_settings)) if module.digest() == digest => {

@@ -187,6 +187,13 @@ impl ConsumerContext for HostContext {
 /// Only offsets of records with a final outcome are ever committed: never the fetch position,
 /// which runs ahead of the records still queued for the partition tasks.
 fn commit(shared: &Shared, consumer: &BaseConsumer<HostContext>, keys: Option<&[Key]>, when: &str) {
+    if let Some(keys) = keys {
+        // No longer this host's partitions: their lag is another member's to report.
+        for (topic, partition) in keys {
+            let labels = crate::metrics::PartitionLabels { topic: topic.clone(), partition: *partition };
+            shared.metrics.consumer_lag.remove(&labels);
+        }
+    }
     let offsets: Vec<(Key, i64)> = {
         let mut stored = shared.stored.lock().unwrap_or_else(|e| e.into_inner());
         let taken: Vec<(Key, Arc<super::Progress>)> = match keys {

@@ -14,11 +14,11 @@
 use super::PartitionHealth;
 use crate::record::Header as RecordHeader;
 use common::kafka::{KafkaContext, KafkaSettings};
+use common::producer::RenewableProducer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -28,11 +28,10 @@ use tokio::sync::watch;
 /// headers added, fits. Amazon MSK Serverless allows 8 MiB at most.
 pub const MAX_COPY_BYTES: u64 = 8 << 20;
 
-/// The retry/dead-letter/events producer. Rebuilt after a fatal error of the idempotent
+/// The retry/dead-letter/events producer, replaced after a fatal error of the idempotent
 /// producer (which leaves the old one unable to send anything).
 pub struct Deliverer {
-    settings: KafkaSettings,
-    producer: RwLock<Arc<FutureProducer<KafkaContext>>>,
+    producer: RenewableProducer,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -111,8 +110,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 impl Deliverer {
     /// Creates the producer.
     pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
-        let producer = Self::producer(settings)?;
-        Ok(Self { settings: settings.clone(), producer: RwLock::new(Arc::new(producer)) })
+        let settings = settings.clone();
+        Ok(Self { producer: RenewableProducer::new(move || Self::producer(&settings))? })
     }
 
     fn producer(settings: &KafkaSettings) -> Result<FutureProducer<KafkaContext>, KafkaError> {
@@ -128,32 +127,10 @@ impl Deliverer {
         config.create_with_context(KafkaContext::new(settings))
     }
 
-    fn current(&self) -> Arc<FutureProducer<KafkaContext>> {
-        self.producer.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Replaces `failed` (unless another send already did) after a fatal error.
-    fn replace(&self, failed: &Arc<FutureProducer<KafkaContext>>) {
-        let mut current = self.producer.write().unwrap_or_else(|e| e.into_inner());
-        if !Arc::ptr_eq(&current, failed) {
-            return;
-        }
-        let fatal = failed.client().fatal_error().map(|(_, reason)| reason).unwrap_or_default();
-        match Self::producer(&self.settings) {
-            Ok(producer) => {
-                tracing::warn!("the retry/dead-letter producer hit a fatal error ({fatal}); replaced it");
-                *current = Arc::new(producer);
-            }
-            Err(e) => {
-                tracing::error!("the retry/dead-letter producer hit a fatal error ({fatal}); cannot replace it: {e}")
-            }
-        }
-    }
-
     /// Sends one record made of `out` and `headers` to `topic`, stamped with the time it is
     /// written; retries transient failures with backoff until the broker acknowledges or `stop`
     /// turns true between two attempts. While it keeps failing, `health` reports the partition
-    /// stalled.
+    /// stalled (until the partition moves on: its record is final).
     pub async fn send(
         &self,
         topic: &str,
@@ -178,20 +155,17 @@ impl Deliverer {
             // a record the broker may well take (an event, a retry, a dead letter) with its source
             // record unstored, so both would be sent again. librdkafka's message timeout bounds
             // the send; at shutdown or revoke, the drain timeout aborts the task sooner.
-            let producer = self.current();
+            let producer = self.producer.current();
             let result = producer.send(record, Timeout::After(Duration::from_secs(5))).await;
             let error = match result {
-                Ok(_) => {
-                    health.recovered();
-                    return Sent::Acknowledged;
-                }
+                Ok(_) => return Sent::Acknowledged,
                 Err((e, _)) => e,
             };
             let reason = format!("cannot write to {topic}: {error}");
             match classify(error.rdkafka_error_code()) {
                 Failure::TooLarge => return Sent::Refused(Refusal { too_large: true, reason }),
                 Failure::Refused => return Sent::Refused(Refusal { too_large: false, reason }),
-                Failure::Fatal => self.replace(&producer),
+                Failure::Fatal => self.producer.renew(&producer),
                 Failure::Transient => {}
             }
             tracing::warn!(topic, "{reason}; retrying in {delay:?}");

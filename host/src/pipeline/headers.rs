@@ -121,6 +121,27 @@ pub struct DeadLetter<'a> {
     pub attempts: u32,
     /// Digest of the handler that made the last call, if one did.
     pub digest: Option<&'a str>,
+    /// The record as consumed, when it was a retry topic's copy of the original.
+    pub source: Option<&'a Source>,
+}
+
+/// Where a record was consumed from: a retry topic's copy of it, whose coordinates differ from
+/// the original's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// The topic it was read from.
+    pub topic: String,
+    /// Its partition there.
+    pub partition: i32,
+    /// Its offset there.
+    pub offset: i64,
+}
+
+impl Source {
+    /// The coordinates of `record` as consumed.
+    pub fn of(record: &Record) -> Self {
+        Self { topic: record.topic.clone(), partition: record.partition, offset: record.offset }
+    }
 }
 
 /// The headers of a dead-lettered record: the original ones plus why, where from, and by whom.
@@ -143,6 +164,11 @@ pub fn dlq_headers(record: &Record, dead: &DeadLetter<'_>) -> Vec<Header> {
     add("x-dlq-at", chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
     if let Some(ts) = record.timestamp_ms {
         add(DLQ_TIMESTAMP, ts.to_string());
+    }
+    if let Some(source) = dead.source {
+        add("x-dlq-source-topic", source.topic.clone());
+        add("x-dlq-source-partition", source.partition.to_string());
+        add("x-dlq-source-offset", source.offset.to_string());
     }
     headers
 }
@@ -180,12 +206,7 @@ pub fn dlq_reference_headers<'a>(
 
 /// Header values are kept under 4 KiB.
 fn truncate(text: &str) -> String {
-    const MAX: usize = 4096;
-    if text.len() <= MAX {
-        return text.to_string();
-    }
-    let cut = (0..=MAX).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
-    format!("{}…", &text[..cut])
+    crate::record::truncated(text, 4096).into_owned()
 }
 
 #[cfg(test)]
@@ -238,7 +259,14 @@ mod tests {
         let rec = original();
         let h = dlq_headers(
             &rec,
-            &DeadLetter { cause: "reject", outcome: "reject", reason: "bad", attempts: 3, digest: Some("sha256:ab") },
+            &DeadLetter {
+                cause: "reject",
+                outcome: "reject",
+                reason: "bad",
+                attempts: 3,
+                digest: Some("sha256:ab"),
+                source: Some(&Source { topic: "orders.retry".into(), partition: 0, offset: 9 }),
+            },
         );
         let get = |k: &str| h.iter().find(|h| h.key == k).map(|h| String::from_utf8_lossy(&h.value).into_owned());
         assert_eq!(get("trace").as_deref(), Some("1"));
@@ -248,12 +276,15 @@ mod tests {
         assert_eq!(get("x-dlq-handler-digest").as_deref(), Some("sha256:ab"));
         assert_eq!(truncate(&"x".repeat(10_000)).len(), 4096 + '…'.len_utf8());
         assert_eq!(get(DLQ_TIMESTAMP).as_deref(), Some("1700000000000"), "the original time");
+        assert_eq!(get("x-dlq-source-topic").as_deref(), Some("orders.retry"), "where it was consumed");
+        assert_eq!(get("x-dlq-source-offset").as_deref(), Some("9"));
     }
 
     #[test]
     fn a_reference_dead_letter_keeps_the_reason_and_where_the_record_is_but_not_its_contents() {
         let rec = Record { value: Some(vec![b'v'; 2_000_000]), key: Some(vec![b'k'; 5000]), ..original() };
-        let dead = DeadLetter { cause: "reject", outcome: "reject", reason: "bad", attempts: 1, digest: None };
+        let dead =
+            DeadLetter { cause: "reject", outcome: "reject", reason: "bad", attempts: 1, digest: None, source: None };
         let (key, h) = dlq_reference_headers(&rec, &dead, "cannot write to orders.dlq: message too large");
         let get = |k: &str| h.iter().find(|h| h.key == k).map(|h| String::from_utf8_lossy(&h.value).into_owned());
         assert_eq!(key, None, "a long key is left out");

@@ -45,6 +45,9 @@ pub struct Stall {
     pub reason: String,
     #[serde(skip)]
     started: std::time::Instant,
+    /// The reporter that owns it (a partition revoked and assigned again gets a new one).
+    #[serde(skip)]
+    owner: u64,
 }
 
 /// How long a partition may fail to move on before `/readyz` reports it (shorter failures are
@@ -70,12 +73,17 @@ pub struct PartitionHealth {
     topic: String,
     partition: i32,
     stalled: AtomicBool,
+    /// Unique per reporter: a task that ends after its partition's next task started must not
+    /// clear the newer one's report.
+    id: u64,
 }
 
 impl PartitionHealth {
     /// The reporter of `topic`/`partition`.
     pub fn new(health: Arc<Health>, topic: &str, partition: i32) -> Self {
-        Self { health, topic: topic.to_string(), partition, stalled: AtomicBool::new(false) }
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = IDS.fetch_add(1, Ordering::Relaxed);
+        Self { health, topic: topic.to_string(), partition, stalled: AtomicBool::new(false), id }
     }
 
     /// The partition's next step failed for `reason`: it is stalled from now (or since it first
@@ -90,7 +98,9 @@ impl PartitionHealth {
             seconds: 0,
             reason: String::new(),
             started: std::time::Instant::now(),
+            owner: self.id,
         });
+        stall.owner = self.id;
         stall.reason.clear();
         stall.reason.push_str(reason);
     }
@@ -98,7 +108,11 @@ impl PartitionHealth {
     /// The partition moves on again.
     pub fn recovered(&self) {
         if self.stalled.swap(false, Ordering::Relaxed) {
-            self.health.stalls().remove(&(self.topic.clone(), self.partition));
+            let mut stalls = self.health.stalls();
+            let key = (self.topic.clone(), self.partition);
+            if stalls.get(&key).is_some_and(|s| s.owner == self.id) {
+                stalls.remove(&key);
+            }
         }
     }
 }
@@ -235,5 +249,34 @@ impl Pipeline {
         if tokio::task::spawn_blocking(move || thread.join()).await.is_err() {
             tracing::error!("the consumer thread panicked");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stall_is_cleared_only_by_the_reporter_that_owns_it() {
+        let health = Arc::new(Health::default());
+        let old = PartitionHealth::new(health.clone(), "orders", 1);
+        let new = PartitionHealth::new(health.clone(), "orders", 1);
+        old.failing("cannot write to orders.dlq");
+        new.failing("cannot write to orders.dlq: still");
+        drop(old);
+        assert_eq!(health.stalled().len(), 1, "the newer task's report stays after the older task ends");
+        assert_eq!(health.stalled()[0].reason, "cannot write to orders.dlq: still");
+        new.recovered();
+        assert!(health.stalled().is_empty());
+    }
+
+    #[test]
+    fn a_stall_keeps_when_it_started_while_its_reason_changes() {
+        let health = Arc::new(Health::default());
+        let partition = PartitionHealth::new(health.clone(), "orders", 0);
+        partition.failing("first");
+        let since = health.stalled()[0].since.clone();
+        partition.failing("second");
+        assert_eq!((health.stalled()[0].since.clone(), health.stalled()[0].reason.as_str()), (since, "second"));
     }
 }

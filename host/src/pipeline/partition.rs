@@ -6,7 +6,7 @@
 
 use super::consumer::HostContext;
 use super::deliver::{Outgoing, Refusal, Sent};
-use super::headers::{DeadLetter, dlq_headers, dlq_reference_headers, parse_retry, retry_headers};
+use super::headers::{DeadLetter, Source, dlq_headers, dlq_reference_headers, parse_retry, retry_headers};
 use super::{PartitionHealth, Progress, Shared};
 use crate::handlers::{ActiveHandler, HandlerCode, RETRY_SUFFIX, TopicCounters, dlq_topic, retry_topic};
 use crate::metrics::{KindLabels, OutcomeLabels, TopicLabels};
@@ -68,6 +68,7 @@ async fn next_record(
     queue: &PartitionQueue<HostContext>,
     ready: &Notify,
     stop: &mut watch::Receiver<bool>,
+    health: &PartitionHealth,
 ) -> Option<Record> {
     loop {
         if *stop.borrow() {
@@ -75,7 +76,7 @@ async fn next_record(
         }
         match queue.poll(Duration::ZERO) {
             Some(Ok(message)) => return Some(super::consumer::to_record(&message)),
-            Some(Err(e)) => tracing::warn!("partition queue: {e}"),
+            Some(Err(e)) => fetch_failed(health, &e),
             None => {
                 tokio::select! {
                     biased;
@@ -85,6 +86,13 @@ async fn next_record(
             }
         }
     }
+}
+
+/// A fetch error on the partition's queue (the broker refuses the topic, a record cannot be
+/// decoded): logged and reported, until a record of the partition is final again.
+fn fetch_failed(health: &PartitionHealth, error: &rdkafka::error::KafkaError) {
+    tracing::warn!("partition queue: {error}");
+    health.failing(&format!("cannot fetch: {error}"));
 }
 
 /// What a partition task keeps between records, so the per-record path takes no lock and
@@ -141,6 +149,7 @@ impl PartitionState {
     /// commits (revoke, shutdown) and the lag metric. Cheap: call it per record.
     fn mark_final(&self, next: i64) {
         self.progress.stored.store(next, Ordering::Release);
+        self.health.recovered();
     }
 
     /// Notes the offset of a record the task took, if it is the first.
@@ -179,7 +188,7 @@ async fn run(
         let record = match pending.pop_front() {
             Some(record) if !*stop.borrow() => record,
             Some(_) => break,
-            None => match next_record(&queue, &ready, &mut stop).await {
+            None => match next_record(&queue, &ready, &mut stop, &state.health).await {
                 Some(record) => record,
                 None => break,
             },
@@ -261,7 +270,7 @@ fn gather_batch(
             None => match queue.poll(Duration::ZERO) {
                 Some(Ok(message)) => super::consumer::to_record(&message),
                 Some(Err(e)) => {
-                    tracing::warn!("partition queue: {e}");
+                    fetch_failed(&state.health, &e);
                     break;
                 }
                 None => break,
@@ -401,11 +410,28 @@ async fn handle(
 ) -> Done {
     let handler_topic = Arc::clone(&state.handler_topic);
     let handler_topic = &*handler_topic;
+    // The record as consumed, when it is a retry topic's copy: dead letters name it too (its
+    // value may be kept there longer than on the source topic).
+    let source = state.from_retry_topic.then(|| Source::of(&record));
+    let source = source.as_ref();
     let (mut record, hops) = if state.from_retry_topic {
         match parse_retry(record.clone()) {
             Ok(delivery) => {
-                let wait_ms = delivery.not_before_ms - chrono::Utc::now().timestamp_millis();
-                if wait_ms > 0 && !sleep_unless_stopped(Duration::from_millis(wait_ms as u64), stop).await {
+                let wait = delivery.not_before_ms - chrono::Utc::now().timestamp_millis();
+                // Never longer than the handler's policy allows now (a copy written under a
+                // longer one, or by a skewed clock, must not hold its partition for days).
+                let longest = shared
+                    .registry
+                    .get_cached(handler_topic, &mut state.handler)
+                    .map_or(i64::MAX, |h| i64::try_from(h.settings.retry.retry_topic_delay_max_ms).unwrap_or(i64::MAX));
+                if wait > longest {
+                    tracing::warn!(
+                        record = %At(&delivery.record),
+                        "waits {wait} ms, longer than the policy's {longest} ms: waiting {longest} ms"
+                    );
+                }
+                let wait = wait.min(longest);
+                if wait > 0 && !sleep_unless_stopped(Duration::from_millis(wait.unsigned_abs()), stop).await {
                     return Done::Abandoned;
                 }
                 (delivery.record, delivery.hops)
@@ -413,8 +439,14 @@ async fn handle(
             Err(reason) => {
                 let reason = format!("malformed retry record: {reason}");
                 tracing::warn!(record = %At(&record), "{reason}");
-                let dead =
-                    DeadLetter { cause: "malformed", outcome: "malformed", reason: &reason, attempts: 0, digest: None };
+                let dead = DeadLetter {
+                    cause: "malformed",
+                    outcome: "malformed",
+                    reason: &reason,
+                    attempts: 0,
+                    digest: None,
+                    source: None,
+                };
                 return dead_letter(shared, &state.health, handler_topic, &record, &dead, stop).await;
             }
         }
@@ -478,6 +510,7 @@ async fn handle(
                                     reason: &reason,
                                     attempts: record.attempt,
                                     digest: Some(digest),
+                                    source,
                                 };
                                 return dead_letter(shared, &state.health, handler_topic, &record, &dead, stop).await;
                             }
@@ -495,6 +528,7 @@ async fn handle(
                     reason,
                     attempts: record.attempt,
                     digest: Some(digest),
+                    source,
                 };
                 return dead_letter(shared, &state.health, handler_topic, &record, &dead, stop).await;
             }
@@ -514,6 +548,7 @@ async fn handle(
                         reason,
                         attempts: record.attempt,
                         digest: Some(digest),
+                        source,
                     };
                     return dead_letter(shared, &state.health, handler_topic, &record, &dead, stop).await;
                 }
@@ -553,13 +588,18 @@ async fn handle(
                     retryable.label()
                 );
                 let out = Outgoing { key: record.key.as_deref(), value: record.value.as_deref() };
-                return match shared
-                    .deliverer
-                    .send(&retry_topic(handler_topic), out, &headers, stop, &state.health)
-                    .await
-                {
-                    // No retry will write this copy (over the retry topic's size limit, or a
-                    // topic the host may not write): dead-lettered now, with both reasons.
+                let topic = retry_topic(handler_topic);
+                let sent = match shared.deliverer.send(&topic, out, &headers, stop, &state.health).await {
+                    // A topic the host may not write: it waits, reported, until it may (the
+                    // record only needed a retry; dead-lettering it would be wrong).
+                    Sent::Refused(Refusal { too_large: false, .. }) => {
+                        shared.deliverer.send_or_stall(&topic, out, &headers, stop, &state.health).await
+                    }
+                    sent => sent,
+                };
+                return match sent {
+                    // No retry will write this copy (over the retry topic's size limit):
+                    // dead-lettered now, with both reasons.
                     Sent::Refused(refusal) => {
                         let reason = format!(
                             "{}: {reason}; it could not be handed to the retry topic: {}",
@@ -573,6 +613,7 @@ async fn handle(
                             reason: &reason,
                             attempts: record.attempt,
                             digest: Some(digest),
+                            source,
                         };
                         dead_letter(shared, &state.health, handler_topic, &record, &dead, stop).await
                     }
@@ -646,7 +687,9 @@ async fn dead_letter(
         Sent::Refused(refusal) => {
             tracing::warn!(record = %At(record), "{}; dead-lettering a reference to the record instead", refusal.reason);
             let (key, headers) = dlq_reference_headers(record, dead, &refusal.reason);
-            let out = Outgoing { key, value: None };
+            // An empty value, not a tombstone (which would delete the key's dead letters on a
+            // compacted topic, and look like a dead-lettered tombstone).
+            let out = Outgoing { key, value: Some(&[]) };
             shared.deliverer.send_or_stall(&topic, out, &headers, stop, health).await
         }
         sent => sent,

@@ -46,14 +46,41 @@ const SPOOFING_HEADERS: &[&str] = &[
     "x-http-method",
     "x-method-override",
     "x-original-method",
+    "x-original-forwarded-for",
+    "x-originating-ip",
+    "x-proxyuser-ip",
+    "x-request-id",
+    "via",
 ];
 
 /// Prefixes of header names a handler may not use (after the same normalisation).
-const RESERVED_PREFIXES: &[&str] = &["proxy-", "x-forwarded", "x-amzn-", "x-envoy-"];
+const RESERVED_PREFIXES: &[&str] = &["proxy-", "x-forwarded", "x-amzn-", "x-envoy-", "x-remote-", "x-auth-request-"];
+
+/// Headers besides `x-*` ones that a handler may set: what describes a request's body and what
+/// it accepts back. Anything else (credentials, identities, routing) is not a handler's to set.
+const ALLOWED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-language",
+    "content-encoding",
+    "accept",
+    "accept-language",
+    "accept-encoding",
+    "cache-control",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "prefer",
+    "user-agent",
+];
 
 /// Percent-encodings that could turn into path separators, dots, or further encodings when a
 /// server decodes the path; denied anywhere in the path or query.
 const FORBIDDEN_ENCODINGS: &[&str] = &["%2e", "%2f", "%5c", "%25", "%00"];
+
+/// Percent-encodings denied before the query: delimiters a server that decodes the path would
+/// read as path parameters, the query or a fragment.
+const ROUTE_FORBIDDEN_ENCODINGS: &[&str] = &["%3b", "%3f", "%23"];
 
 /// Checks a handler-given path and returns it unchanged when it is safe to append to the base URL.
 ///
@@ -62,9 +89,9 @@ const FORBIDDEN_ENCODINGS: &[&str] = &["%2e", "%2f", "%5c", "%25", "%00"];
 /// `%u002e` are denied, since a second decoding would make them `%2e` or a dot); no escape may
 /// decode to a control character, and none to a separator, a dot or another escape
 /// ([`FORBIDDEN_ENCODINGS`]). The route (before `?`) must not contain `;` (servers that take
-/// `;` for path parameters would route it elsewhere) nor escapes of non-ASCII bytes (overlong
-/// UTF-8 forms, and characters some servers fold into `.` or `/`); in the query, escaped bytes
-/// must form valid UTF-8.
+/// `;` for path parameters would route it elsewhere), escapes of `;`, `?` or `#`, escapes of
+/// non-ASCII bytes (overlong UTF-8 forms, and characters some servers fold into `.` or `/`), nor
+/// segments of only dots and spaces; in the query, escaped bytes must form valid UTF-8.
 pub fn check_path(path: &str) -> Result<&str, String> {
     if path.len() > MAX_PATH_LEN {
         return Err(format!("path is longer than {MAX_PATH_LEN} bytes"));
@@ -92,9 +119,18 @@ pub fn check_path(path: &str) -> Result<&str, String> {
     if route.split('/').any(|segment| segment == "." || segment == "..") {
         return Err("path must not contain '.' or '..' segments".into());
     }
+    let route_lower = route.to_ascii_lowercase();
+    if let Some(enc) = ROUTE_FORBIDDEN_ENCODINGS.iter().find(|e| route_lower.contains(*e)) {
+        return Err(format!("path contains the encoded delimiter {enc} before the query"));
+    }
     let route_bytes = decode_escapes(route)?;
     if route_bytes.iter().any(|b| !b.is_ascii()) {
         return Err("path must not percent-encode non-ASCII bytes before the query".into());
+    }
+    // Some servers strip trailing dots and spaces from a segment: `.. ` or `...` would become `..`.
+    let dots_only = |segment: &&[u8]| segment.contains(&b'.') && segment.iter().all(|b| matches!(b, b'.' | b' '));
+    if route_bytes.split(|b| *b == b'/').any(|segment| dots_only(&segment)) {
+        return Err("path must not contain segments of only dots and spaces".into());
     }
     if std::str::from_utf8(&decode_escapes(query)?).is_err() {
         return Err("the query's percent-encoded bytes are not valid UTF-8".into());
@@ -129,8 +165,10 @@ fn decode_escapes(text: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Checks one handler-given header. Names are compared as servers may read them: case-insensitively
-/// and with `_` taken for `-` (some servers and gateways fold one into the other).
+/// Checks one handler-given header: an `x-*` header or one of [`ALLOWED_HEADERS`], none that the
+/// host owns or that proxies read as the client's identity or the original request. Names are
+/// compared as servers may read them: case-insensitively and with `_` taken for `-` (some
+/// servers and gateways fold one into the other).
 pub fn check_header(name: &str, value: &str) -> Result<(), String> {
     let is_token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     if name.is_empty() || !name.chars().all(is_token) {
@@ -142,6 +180,12 @@ pub fn check_header(name: &str, value: &str) -> Result<(), String> {
         || RESERVED_PREFIXES.iter().any(|p| normalised.starts_with(p))
     {
         return Err(format!("header {name:?} is set by the host or its proxies and cannot be set by a handler"));
+    }
+    if !normalised.starts_with("x-") && !ALLOWED_HEADERS.contains(&normalised.as_str()) {
+        return Err(format!(
+            "header {name:?} is not one a handler may set (x-* headers and {})",
+            ALLOWED_HEADERS.join(", ")
+        ));
     }
     if let Some(c) = value.chars().find(|&c| !(c == ' ' || c == '\t' || c.is_ascii_graphic())) {
         return Err(format!("header {name:?} has a forbidden character {c:?} in its value"));
@@ -175,6 +219,8 @@ mod tests {
             "/a?name=Jos%C3%A9",
             "/a?x=1;y=2",
             "/users/%41b",
+            "/a.b/c./.d",
+            "/a?x=%3F%23",
         ] {
             assert_eq!(check_path(p), Ok(p));
         }
@@ -213,6 +259,13 @@ mod tests {
             "/a%7f",
             "/producer-svc/tokens;x=1",
             "/admin;/producer-svc",
+            "/producer-svc/tokens%3bx=1",
+            "/a%3Fb",
+            "/a%23b",
+            "/x/..%20/admin",
+            "/x/.%20/admin",
+            "/x/.../admin",
+            "/x/%20../admin",
         ] {
             assert!(check_path(p).is_err(), "{p:?} should be denied");
         }
@@ -238,6 +291,11 @@ mod tests {
             ("x-rewrite-url", "/admin"),
             ("X-HTTP-Method-Override", "DELETE"),
             ("x-amzn-trace-id", "Root=1"),
+            ("Authorization", "Bearer stolen"),
+            ("cookie", "a=b"),
+            ("X-Request-Id", "spoofed"),
+            ("Via", "1.1 evil"),
+            ("X-Remote-User", "admin"),
             ("proxy-anything", "x"),
             ("x-a", "b\r\nHost: evil"),
             ("x a", "b"),
@@ -303,7 +361,6 @@ mod tests {
                 ":",
                 "%20",
                 "v1.2",
-                "...",
                 "a.",
                 ".b",
             ]);
@@ -361,8 +418,12 @@ mod tests {
         fn an_accepted_header_is_valid_and_not_host_owned() {
             const CASES: u32 = 4000;
             let accepted = std::cell::Cell::new(0u32);
-            let name =
-                prop_oneof!["[ -~]{0,20}", "host|Host|idempotency-key|Proxy-x|x-forwarded-for", "[a-zA-Z-]{1,12}"];
+            let name = prop_oneof![
+                "[ -~]{0,20}",
+                "host|Host|idempotency-key|Proxy-x|x-forwarded-for",
+                "[a-zA-Z-]{1,12}",
+                "[xX]-[a-zA-Z_-]{1,10}|content-type|Accept|accept-language",
+            ];
             let value = prop_oneof!["\\PC{0,30}", "[ -~]{0,30}", ".*\r\n.*", "[a-z0-9 ]{0,20}"];
             runner(CASES)
                 .run(&(name, value), |(name, value)| {
@@ -373,8 +434,9 @@ mod tests {
                     prop_assert!(reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok());
                     prop_assert!(reqwest::header::HeaderValue::from_str(&value).is_ok());
                     prop_assert!(!value.contains(['\r', '\n', '\0']));
-                    let lower = name.to_ascii_lowercase();
+                    let lower = name.to_ascii_lowercase().replace('_', "-");
                     prop_assert!(!RESERVED_HEADERS.contains(&lower.as_str()));
+                    prop_assert!(lower.starts_with("x-") || ALLOWED_HEADERS.contains(&lower.as_str()));
                     Ok(())
                 })
                 .unwrap_or_else(|e| panic!("{e}"));

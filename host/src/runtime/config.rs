@@ -142,11 +142,13 @@ impl HandlerLimits {
             l.max_log_lines_per_record <= 100_000,
             "0..=100000",
         )?;
+        // Log shippers split longer lines (Docker at 16 KiB), and text after a split would start
+        // a line of its own.
         check(
             "max_log_line_bytes",
             l.max_log_line_bytes.into(),
-            (1..=1024 * 1024).contains(&l.max_log_line_bytes),
-            "1..=1 MiB",
+            (1..=16 * 1024).contains(&l.max_log_line_bytes),
+            "1..=16 KiB",
         )?;
         check("recycle_after_records", l.recycle_after_records, l.recycle_after_records >= 1, ">= 1")?;
         check(

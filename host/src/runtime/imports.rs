@@ -15,6 +15,7 @@ use crate::bindings::host_runtime::Level;
 use crate::bindings::producer_api::{CallError as WitCallError, Method as WitMethod, Response as WitResponse};
 use crate::producer_api::validate::{MAX_HEADER_BYTES, MAX_HEADERS, MAX_PATH_LEN};
 use crate::producer_api::{CallError, Method, Request};
+use crate::record::truncated;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{ComponentType, Lift, Linker, WasmList, WasmStr};
 
@@ -120,7 +121,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     let mut runtime = linker.instance(&format!("kafka-wasm:handler/runtime@{CONTRACT_VERSION}"))?;
     runtime.func_wrap("log", |mut store, (level, message): (Level, WasmStr)| {
         let Some(max) = store.data_mut().log_line_allowed() else { return Ok(()) };
-        let message = text(&message, &store).map(|m| truncate(&m, max)).unwrap_or_else(|e| e);
+        let message = text(&message, &store).map(|m| truncated(&m, max).into_owned()).unwrap_or_else(|e| e);
         store.data_mut().write_log(level, message);
         Ok(())
     })?;
@@ -145,24 +146,9 @@ fn valid_event_kind(kind: &str) -> bool {
     !kind.is_empty() && kind.len() <= 128 && !kind.chars().any(char::is_control)
 }
 
-/// `text` cut to at most `max` bytes at a character boundary, marked with `…` when cut.
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let cut = (0..=max).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
-    format!("{}…", &text[..cut])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn long_log_lines_are_cut_at_a_character_boundary() {
-        assert_eq!(truncate("héllo", 2), "h…");
-        assert_eq!(truncate("hello", 5), "hello");
-    }
 
     #[test]
     fn event_kinds_are_short_and_printable() {

@@ -92,13 +92,15 @@ impl std::fmt::Debug for HandlerModule {
 /// host read without end.
 pub fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>, LoadError> {
     use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let io = |source| LoadError::Io { path: path.display().to_string(), source };
     let not_a_file = || LoadError::NotAFile { path: path.display().to_string() };
-    // Checked before opening: opening a pipe would wait for a writer.
+    // Checked before opening, and opened without blocking: opening a pipe would wait for a
+    // writer (a path can change between the check and the open).
     if !std::fs::metadata(path).map_err(io)?.is_file() {
         return Err(not_a_file());
     }
-    let file = std::fs::File::open(path).map_err(io)?;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     if !meta.is_file() {
         return Err(not_a_file());

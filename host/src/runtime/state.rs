@@ -36,6 +36,11 @@ pub struct CallContext {
     pub dropped: u32,
     /// Digests of the producer requests made so far (see [`idempotency_key`]).
     pub requests: Vec<u64>,
+    /// Bytes of the events the call (a record, or every record of a batch) holds so far.
+    pub event_bytes: usize,
+    /// A batch's events went past what one record may hold: the batch is to be redone one
+    /// record at a time (each with the budget of its own).
+    pub events_over_budget: bool,
     /// When the current call's time limit runs out: producer calls get at most what is left,
     /// and the worker cuts off a guest still waiting in a host call then.
     pub deadline: Deadline,
@@ -111,6 +116,13 @@ pub struct RecordTrace {
     pub duration: std::time::Duration,
 }
 
+/// WASI resources (pollables, streams, …) one instance may hold at once, and component-model
+/// handles likewise: a few hundred bytes of host memory each, outside the guest's memory cap.
+pub const MAX_HANDLES: usize = 4096;
+
+/// The most bytes one `wasi:random` call may ask for.
+pub const MAX_RANDOM_BYTES: u64 = 64 * 1024;
+
 /// Table elements one instance may hold, all its tables together.
 pub const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 
@@ -181,16 +193,18 @@ impl HostState {
     /// A fresh state with an empty WASI context: no preopened directory, no environment, no
     /// arguments, no stdin, stdout/stderr discarded, no network.
     pub fn new(limits: Arc<HandlerLimits>, producer: ProducerClient) -> Self {
-        let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            // A random-bytes call is answered in host memory before the guest gets it.
+            .max_random_size(MAX_RANDOM_BYTES)
+            .build();
+        let mut table = ResourceTable::new();
+        // Every WASI handle a guest keeps (a pollable, a stream) is host memory outside its cap.
+        table.set_max_capacity(MAX_HANDLES);
         let max_bytes = usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX);
-        Self {
-            wasi,
-            table: ResourceTable::new(),
-            memory: MemoryCap::new(max_bytes),
-            limits,
-            producer,
-            ctx: CallContext::default(),
-        }
+        Self { wasi, table, memory: MemoryCap::new(max_bytes), limits, producer, ctx: CallContext::default() }
     }
 
     /// Starts a new record at `started`: clears what the previous one collected, and sets its
@@ -214,6 +228,8 @@ impl HostState {
         self.ctx.events.clear();
         self.ctx.log_lines = 0;
         self.ctx.dropped = 0;
+        self.ctx.event_bytes = 0;
+        self.ctx.events_over_budget = false;
         self.memory.exceeded = false;
     }
 
@@ -407,14 +423,12 @@ impl HostState {
         };
         let left = self.ctx.deadline.get().map(|d| d.saturating_duration_since(std::time::Instant::now()));
         let capped = left.is_some_and(|l| l < self.limits.producer_timeout());
+        let digest = request_digest(&request);
         let result = if left.is_some_and(|l| l.is_zero()) {
             self.ctx.deadline_hit = true;
             Err(CallError::Timeout)
         } else {
-            let digest = request_digest(&request);
-            self.ctx.requests.push(digest);
-            let repeat = self.ctx.requests.iter().filter(|d| **d == digest).count();
-            let key = idempotency_key(&self.ctx.topic, self.ctx.partition, self.ctx.offset, digest, repeat);
+            let key = self.key_for(digest);
             let bounds = CallBounds {
                 // A producer call never outlives the handler call's own time limit.
                 timeout: left.map_or(self.limits.producer_timeout(), |l| l.min(self.limits.producer_timeout())),
@@ -426,12 +440,32 @@ impl HostState {
         if capped && result == Err(CallError::Timeout) {
             self.ctx.deadline_hit = true;
         }
+        self.answered(digest, &result);
         match &result {
             Ok(r) => summary.status = Some(r.status),
             Err(e) => summary.error = Some(e.to_string()),
         }
         self.ctx.calls.push(summary);
         result
+    }
+
+    /// The idempotency key of the current record's next call with request `digest`: the same
+    /// request again gets the same key until one of its calls had a definite answer.
+    fn key_for(&self, digest: u64) -> String {
+        let repeat = 1 + self.ctx.requests.iter().filter(|d| **d == digest).count();
+        idempotency_key(&self.ctx.topic, self.ctx.partition, self.ctx.offset, digest, repeat)
+    }
+
+    /// Counts a call with request `digest` as answered when its answer is definite: a response
+    /// other than 5xx or 409. A call that timed out, found no producer, or was answered 5xx or
+    /// 409 (the producer may still be working on it) may be tried again under the same key.
+    fn answered(&mut self, digest: u64, result: &Result<Response, CallError>) {
+        if let Ok(response) = result
+            && response.status < 500
+            && response.status != 409
+        {
+            self.ctx.requests.push(digest);
+        }
     }
 
     /// Whether the current record may write another log line: the longest line kept, in bytes;
@@ -482,6 +516,16 @@ impl HostState {
             self.ctx.dropped = self.ctx.dropped.saturating_add(1);
             return;
         };
+        // What one call holds until its records' outcomes are sent: one record's caps (count
+        // times size), however many records a batch has.
+        let budget = (self.limits.max_events_per_record as usize).saturating_mul(self.limits.max_event_bytes as usize);
+        let bytes = kind.len() + payload.len();
+        if self.ctx.event_bytes + bytes > budget {
+            self.ctx.events_over_budget = true;
+            self.ctx.dropped = self.ctx.dropped.saturating_add(1);
+            return;
+        }
+        self.ctx.event_bytes += bytes;
         self.ctx.events.push(Event {
             kind,
             payload,
@@ -493,14 +537,19 @@ impl HostState {
 }
 
 /// A request's identity for its idempotency key: its method, path and body (not its headers,
-/// which the producer does not compare either).
+/// which the producer does not compare either). A JSON body counts by its value (keys sorted,
+/// no whitespace), as the producer compares it: a handler version that serialises the same JSON
+/// otherwise sends the same request.
 fn request_digest(request: &Request) -> u64 {
     let mut hasher = Sha256::new();
     hasher.update(request.method.as_str());
     hasher.update([0]);
     hasher.update(request.path.as_bytes());
     hasher.update([0]);
-    hasher.update(&request.body);
+    match serde_json::from_slice::<serde_json::Value>(&request.body) {
+        Ok(json) => hasher.update(json.to_string()),
+        Err(_) => hasher.update(&request.body),
+    }
     let digest = hasher.finalize();
     u64::from_be_bytes(digest[..8].try_into().unwrap_or_default())
 }
@@ -675,5 +724,35 @@ mod tests {
         assert!(!cap.memory_growing(40 << 20, (40 << 20) + 1, None).expect("grow"), "not one byte more");
         assert!(cap.table_growing(0, MAX_TABLE_ELEMENTS / 2, None).expect("grow"));
         assert!(!cap.table_growing(0, MAX_TABLE_ELEMENTS, None).expect("grow"), "tables share one cap");
+    }
+
+    #[test]
+    fn the_same_json_request_has_one_digest_however_it_is_written() {
+        let request = |body: &str| Request {
+            method: crate::producer_api::Method::Post,
+            path: "/producer-svc/tokens".into(),
+            headers: vec![],
+            body: body.as_bytes().to_vec(),
+        };
+        assert_eq!(request_digest(&request(r#"{"a":1,"b":2}"#)), request_digest(&request("{ \"b\": 2, \"a\": 1 }")));
+        assert_ne!(request_digest(&request(r#"{"a":1}"#)), request_digest(&request(r#"{"a":2}"#)));
+        assert_ne!(request_digest(&request("not json")), request_digest(&request("not json ")));
+    }
+
+    #[test]
+    fn a_request_keeps_its_key_until_it_has_a_definite_answer() {
+        let mut state = HostState::new(Arc::new(HandlerLimits::default()), ProducerClient::unconfigured());
+        state.begin("orders", 1, 5, Instant::now());
+        let response = |status| Ok(Response { status, headers: vec![], body: vec![] });
+        let first = state.key_for(7);
+        for unanswered in
+            [Err(CallError::Timeout), Err(CallError::Unreachable("down".into())), response(503), response(409)]
+        {
+            state.answered(7, &unanswered);
+            assert_eq!(state.key_for(7), first, "tried again under the same key after {unanswered:?}");
+        }
+        state.answered(7, &response(201));
+        assert_ne!(state.key_for(7), first, "a second request after an answer is a repeat of its own");
+        assert_eq!(state.key_for(8), idempotency_key("orders", 1, 5, 8, 1), "another request");
     }
 }

@@ -16,7 +16,6 @@ use super::config::{HandlerLimits, InstancePolicy};
 use super::module::{HandlerModule, Pre};
 use super::packed;
 use super::state::{Deadline, HostState, RecordTrace};
-use crate::bindings::types::HandlerError;
 use crate::bindings::{BatchHandler, Handler, PackedBatchHandler};
 use crate::producer_api::ProducerClient;
 use crate::record::{Invocation, Outcome, Record};
@@ -142,8 +141,7 @@ impl Worker {
                 Outcome::Timeout(format!("a producer call reached the {} ms time limit", limits.call_timeout_ms))
             }
             Some(Ok(Ok(()))) => Outcome::Ok,
-            Some(Ok(Err(HandlerError::Retry(reason)))) => Outcome::Retry(reason),
-            Some(Ok(Err(HandlerError::Reject(reason)))) => Outcome::Reject(reason),
+            Some(Ok(Err(error))) => Outcome::from(error),
             Some(Err(error)) => classify(&error, live.store.data().memory.exceeded, &limits),
         };
 
@@ -258,6 +256,13 @@ impl Worker {
                 ));
             }
         };
+        if state.ctx.events_over_budget {
+            // The batch's records published more than one record may hold: redone one by one.
+            return BatchInvocation::Failed(format!(
+                "its records published more event bytes than one record may ({} events of {} bytes)",
+                limits.max_events_per_record, limits.max_event_bytes
+            ));
+        }
         let traces = state.finish_batch(results.len(), Instant::now());
         let traces = match traces {
             Some(traces) if !results.iter().rev().skip(1).any(Result::is_err) => traces,
@@ -287,8 +292,7 @@ impl Worker {
                         limits.call_timeout_ms
                     )),
                     Ok(()) => Outcome::Ok,
-                    Err(HandlerError::Retry(reason)) => Outcome::Retry(reason),
-                    Err(HandlerError::Reject(reason)) => Outcome::Reject(reason),
+                    Err(error) => Outcome::from(error),
                 };
                 let RecordTrace { calls, events, dropped, duration } = trace;
                 Invocation { outcome, events, calls, dropped, duration }
@@ -327,6 +331,7 @@ impl Worker {
         store.limiter(|s| &mut s.memory);
         // What one call may hand the host, from the handler's limits (see `hostcall_bytes`).
         store.set_hostcall_fuel(module.limits().hostcall_bytes());
+        store.set_max_component_handles(super::state::MAX_HANDLES);
         self.arm(&mut store);
         // The epoch deadline is a time slice: when it runs out, the guest yields its thread (a
         // long handler, or a long batch, must not starve the other tasks), and the record's own

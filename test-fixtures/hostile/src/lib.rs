@@ -116,6 +116,21 @@ impl handler_sdk::Guest for Hostile {
                 }
                 Ok(())
             }
+            // Keeps the value's number of WASI handles (timers) alive at once.
+            "handle-flood" => {
+                let n: usize = value_str(record).parse().unwrap_or(0);
+                let kept: Vec<_> =
+                    (0..n).map(|_| wasip2::clocks::monotonic_clock::subscribe_duration(1_000_000_000)).collect();
+                publish_event("kept", &kept.len().to_string());
+                Ok(())
+            }
+            // Asks the host for the value's number of random bytes in one call.
+            "random" => {
+                let n: u64 = value_str(record).parse().unwrap_or(0);
+                let bytes = wasip2::random::random::get_random_bytes(n);
+                publish_event("random", &bytes.len().to_string());
+                Ok(())
+            }
             // Text meant to pass for the host's own log lines: logged, then given as a reason.
             "forge" => {
                 log(Level::Warn, &value_str(record));
