@@ -291,6 +291,34 @@ async fn wait_metric(addr: std::net::SocketAddr, series: &str, at_least: f64, wi
     }
 }
 
+/// Produces `key`/`value` to `orders` behind a record that holds the partition for 2 s, then has
+/// the broker refuse every produce (`TOPIC_AUTHORIZATION_FAILED`) until the test clears it.
+async fn refuse_produces_after(
+    mock: &rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    partition: i32,
+    key: &str,
+    value: &str,
+) {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let p = producer(mock);
+    produce(&p, "orders", partition, "sleep", "2000", &[]).await;
+    produce(&p, "orders", partition, key, value, &[]).await;
+    mock.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 500]);
+}
+
+/// The first stalled partition `/handlers` reports for `orders`, within 30 s.
+async fn wait_stalled(addr: std::net::SocketAddr) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = handler_status(addr, "orders").await;
+        if let Some(stall) = status["stalled"].as_array().and_then(|s| s.first()).cloned() {
+            return stall;
+        }
+        assert!(std::time::Instant::now() < deadline, "no stall reported: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The `/handlers` entry of `topic`.
 async fn handler_status(addr: std::net::SocketAddr, topic: &str) -> serde_json::Value {
     let all: Vec<serde_json::Value> =
@@ -389,25 +417,13 @@ async fn an_event_too_large_for_the_events_topic_dead_letters_its_record_with_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_whose_dead_letters_the_broker_refuses_shows_as_stalled_until_it_takes_them() {
-    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    use rdkafka::types::RDKafkaApiKey;
     let mock = cluster(&["orders"]);
     let dir = handlers_dir("orders", None);
     let host = start_host(host_env(&mock, dir.path(), &uuid_like(), &[])).await;
-    // The rejected record waits behind a slow one until the broker refuses every produce:
-    // the host may not write its dead letter.
-    let p = producer(&mock);
-    produce(&p, "orders", 1, "sleep", "2000", &[]).await;
-    produce(&p, "orders", 1, "reject", "nowhere to go", &[]).await;
-    mock.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 500]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let stalled = loop {
-        let status = handler_status(host.addr, "orders").await;
-        if let Some(stall) = status["stalled"].as_array().and_then(|s| s.first()).cloned() {
-            break stall;
-        }
-        assert!(std::time::Instant::now() < deadline, "no stall reported: {status}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    // The host may not write its dead letter.
+    refuse_produces_after(&mock, 1, "reject", "nowhere to go").await;
+    let stalled = wait_stalled(host.addr).await;
     assert_eq!((stalled["topic"].as_str(), stalled["partition"].as_i64()), (Some("orders"), Some(1)));
     assert!(
         stalled["reason"].as_str().is_some_and(|r| r.contains("orders.dlq") && r.to_lowercase().contains("authoriz")),
@@ -587,23 +603,12 @@ async fn a_retry_record_waits_no_longer_than_the_handlers_policy_allows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_topic_the_broker_refuses_stalls_its_partition_instead_of_dead_lettering() {
-    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    use rdkafka::types::RDKafkaApiKey;
     let mock = cluster(&["orders"]);
     let dir = handlers_dir("orders", Some("[retry]\nin_place_attempts = 1\nmax_attempts = 3\n"));
     let host = start_host(host_env(&mock, dir.path(), &uuid_like(), &[])).await;
-    let p = producer(&mock);
-    produce(&p, "orders", 1, "sleep", "2000", &[]).await;
-    produce(&p, "orders", 1, "retry", "needs another try", &[]).await;
-    mock.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 500]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let stalled = loop {
-        let status = handler_status(host.addr, "orders").await;
-        if let Some(stall) = status["stalled"].as_array().and_then(|s| s.first()).cloned() {
-            break stall;
-        }
-        assert!(std::time::Instant::now() < deadline, "no stall reported: {status}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    refuse_produces_after(&mock, 1, "retry", "needs another try").await;
+    let stalled = wait_stalled(host.addr).await;
     assert!(stalled["reason"].as_str().is_some_and(|r| r.contains("orders.retry")), "{stalled}");
     mock.clear_request_errors(RDKafkaApiKey::Produce);
     let retries = read_topic(&mock, "orders.retry", 1, Duration::from_secs(30));
