@@ -87,7 +87,7 @@ fn per_record(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let started = Instant::now();
                 for _ in 0..iters {
-                    match rt.block_on(worker.invoke_batch(black_box(&batch), None)) {
+                    match rt.block_on(worker.invoke_batch(black_box(&batch))) {
                         BatchInvocation::Handled(invs) => assert_eq!(invs.len(), BATCH),
                         BatchInvocation::Failed(reason) => panic!("batch failed: {reason}"),
                     }

@@ -1,21 +1,18 @@
-//! Generated bindings for the `kafka-wasm:handler` contract (`wit/handler.wit`).
+//! Generated bindings for the `kafka-wasm:handler` contract: `wit/handler.wit` (0.2.0) and, for
+//! components built against 0.1.x, the part of it the host still runs (`wit/v0.1/handler.wit`).
 //!
-//! This module owns the host's `bindgen!` invocations; everything else uses the re-exports
-//! below, so a contract change touches one place. The `packed-batch-handler` world is generated
-//! first (its imports are a superset of the other worlds'); the `batch-handler` and `handler`
-//! worlds reuse its interfaces, so all three share one set of types and one implementation of
-//! every import.
+//! This module owns the host's `bindgen!` invocations; everything else uses the re-exports below,
+//! so a contract change touches one place. The `handler` world is generated first; the
+//! `batch-handler` world and the 0.1.x `handler` world reuse its types (the component model's
+//! types are structural, so one Rust type serves every version whose definition matches), so a
+//! record is one type whichever world a component targets. The imports are not generated here:
+//! `runtime::imports` defines them by hand, for every version.
 
-mod packed_world {
+mod handler_world {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "packed-batch-handler",
+        world: "handler",
         additional_derives: [PartialEq, Eq],
-        imports: {
-            "kafka-wasm:handler/producer-api.call": async,
-            "kafka-wasm:handler/batch.next-record": trappable,
-            "kafka-wasm:handler/batch.advance": trappable,
-        },
         exports: {
             default: async,
         },
@@ -27,25 +24,23 @@ mod batch_world {
         path: "../wit",
         world: "batch-handler",
         with: {
-            "kafka-wasm:handler/types": super::packed_world::kafka_wasm::handler::types,
-            "kafka-wasm:handler/producer-api": super::packed_world::kafka_wasm::handler::producer_api,
-            "kafka-wasm:handler/runtime": super::packed_world::kafka_wasm::handler::runtime,
-            "kafka-wasm:handler/batch": super::packed_world::kafka_wasm::handler::batch,
+            "kafka-wasm:handler/types": super::handler_world::kafka_wasm::handler::types,
         },
+        additional_derives: [PartialEq, Eq],
         exports: {
             default: async,
         },
     });
 }
 
-mod single_world {
+mod legacy_world {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../wit/v0.1",
         world: "handler",
         with: {
-            "kafka-wasm:handler/types": super::packed_world::kafka_wasm::handler::types,
-            "kafka-wasm:handler/producer-api": super::packed_world::kafka_wasm::handler::producer_api,
-            "kafka-wasm:handler/runtime": super::packed_world::kafka_wasm::handler::runtime,
+            "kafka-wasm:handler/types": super::handler_world::kafka_wasm::handler::types,
+            "kafka-wasm:handler/producer-api": super::handler_world::kafka_wasm::handler::producer_api,
+            "kafka-wasm:handler/runtime": super::handler_world::kafka_wasm::handler::runtime,
         },
         exports: {
             default: async,
@@ -53,10 +48,10 @@ mod single_world {
     });
 }
 
+pub use batch_world::exports::kafka_wasm::handler::batch;
 pub use batch_world::{BatchHandler, BatchHandlerPre};
-pub use packed_world::kafka_wasm::handler::batch;
-pub use packed_world::kafka_wasm::handler::producer_api;
-pub use packed_world::kafka_wasm::handler::runtime as host_runtime;
-pub use packed_world::kafka_wasm::handler::types;
-pub use packed_world::{PackedBatchHandler, PackedBatchHandlerPre};
-pub use single_world::{Handler, HandlerPre};
+pub use handler_world::kafka_wasm::handler::producer_api;
+pub use handler_world::kafka_wasm::handler::runtime as host_runtime;
+pub use handler_world::kafka_wasm::handler::types;
+pub use handler_world::{Handler, HandlerPre};
+pub use legacy_world::{Handler as LegacyHandler, HandlerPre as LegacyHandlerPre};

@@ -31,7 +31,7 @@ enum Command {
     },
     /// Run one record through a handler and print a JSON line with the outcome.
     Invoke(InvokeArgs),
-    /// Check that a component implements the handler contract.
+    /// Check that a component implements the handler contract (and say which world).
     Check {
         /// The component file.
         file: PathBuf,
@@ -166,7 +166,7 @@ fn run_check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     let module = check::load(&engine, file, HandlerLimits::default())
         .with_context(|| format!("{} is not a valid handler", file.display()))?;
     println!(
-        "ok: {} implements kafka-wasm:handler@0.1.x, world {} ({}, {} bytes)",
+        "ok: {} implements kafka-wasm:{} ({}, {} bytes)",
         file.display(),
         module.world(),
         module.digest(),

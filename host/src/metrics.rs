@@ -59,7 +59,7 @@ pub struct Metrics {
     /// Consumer lag per partition: the high watermark (from librdkafka's statistics) less the
     /// first record whose outcome is not final.
     pub consumer_lag: Family<PartitionLabels, Gauge>,
-    /// Batches (wasm: `handle-packed` or `handle-batch` calls; native benchmark handlers too) by topic and result (`handled`; `failed`: its records were then
+    /// Batches (`handle-batch` calls of pure handlers; native benchmark handlers too) by topic and result (`handled`; `failed`: its records were then
     /// handled one by one).
     pub batches: Family<KindLabels, Counter>,
     /// Records handled in batches (that came back with a result), by topic.
@@ -112,7 +112,7 @@ impl Default for Metrics {
         registry.register("consumer_lag", "Records behind the high watermark, per partition", m.consumer_lag.clone());
         registry.register(
             "batches",
-            "Batches (handle-packed or handle-batch calls) by topic and result (handled; failed: its records then went one by one)",
+            "Batches (handle-batch calls) by topic and result (handled; failed: its records then went one by one)",
             m.batches.clone(),
         );
         registry.register("batched_records", "Records handled in batches", m.batched_records.clone());

@@ -141,6 +141,13 @@ pub struct CallSummary {
     pub error: Option<String>,
 }
 
+impl Invocation {
+    /// The report of a call that came to `outcome`, with what its record's scope collected.
+    pub fn of(outcome: Outcome, scope: crate::runtime::state::RecordScope, duration: Duration) -> Self {
+        Self { outcome, events: scope.events, calls: scope.calls, dropped: scope.dropped, duration }
+    }
+}
+
 /// The full report of one handler call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {

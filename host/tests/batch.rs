@@ -1,13 +1,15 @@
-//! Batches (`handle-packed`, the contract's `packed-batch-handler` world, which the SDK's
-//! components target) through the real pipeline on
-//! librdkafka's mock cluster: records already waiting go to the handler several at a time, yet
-//! each keeps its own outcome, order, producer-call idempotency keys, events and time limit; a
-//! batch that traps is redone record by record with nothing counted twice; and components built
-//! against older contracts still load: a 0.1.0 one (before batches) runs one record per call, a
-//! 0.1.1 one (`batch-handler`, before packed batches) gets its batches through `handle-batch`.
+//! Batches (`batch.handle-batch`, the contract's `batch-handler` world, for pure handlers)
+//! through the real pipeline on librdkafka's mock cluster: records already waiting go to a pure
+//! handler several at a time, yet each keeps its own outcome, order and events; a batch that
+//! traps, runs out of time or breaks the contract is redone record by record with nothing
+//! counted twice; a `handler` is never given batches, and a batch handler that imports what a
+//! pure one may not is refused. Components built against the 0.1.x contracts (the `handler`
+//! world and the three batch worlds) still load and run, one record per call.
 
 mod support;
 
+use host::record::{Outcome, Record};
+use host::runtime::{BatchInvocation, HandlerLimits, Worker};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use support::kafka::{cluster, committed, host_env, metric, produce, producer, read_topic, start_host, uuid_like};
@@ -17,7 +19,7 @@ const EVENTS: &str = "handler-events";
 
 fn handlers_dir(settings: Option<&str>) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(fixture("hostile"), dir.path().join("orders.wasm")).expect("copy handler");
+    std::fs::copy(fixture("pure"), dir.path().join("orders.wasm")).expect("copy handler");
     if let Some(toml) = settings {
         std::fs::write(dir.path().join("orders.toml"), toml).expect("write settings");
     }
@@ -61,28 +63,20 @@ async fn wait_committed(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiting_records_go_in_batches_each_with_its_own_outcome_calls_and_events() {
+async fn waiting_records_go_in_batches_each_with_its_own_outcome_and_events() {
     let mock = cluster(&["orders"]);
     mock.create_topic(EVENTS, 1, 1).expect("events topic");
-    let stub = StubProducer::start().await;
     let p = producer(&mock);
-    // All waiting before the host starts, so its first fetch brings many at once. Each makes one
-    // producer call and publishes one event; the one at offset 20 is rejected.
+    // All waiting before the host starts, so its first fetch brings many at once. Each publishes
+    // one event; the one at offset 20 is rejected.
     const N: i64 = 40;
     for i in 0..N {
-        let (key, value) =
-            if i == 20 { ("reject", "not this one") } else { ("call", r#"["/producer-svc/ping-what"]"#) };
-        produce(&p, "orders", 0, key, value, &[]).await;
+        let (key, value) = if i == 20 { ("reject", "not this one".to_string()) } else { ("echo", format!("n{i}")) };
+        produce(&p, "orders", 0, key, &value, &[]).await;
     }
     let dir = handlers_dir(None);
     let group = uuid_like();
-    let host = start_host(host_env(
-        &mock,
-        dir.path(),
-        &group,
-        &[("EVENTS_TOPIC", EVENTS), ("PRODUCER_URL", stub.url.as_str())],
-    ))
-    .await;
+    let host = start_host(host_env(&mock, dir.path(), &group, &[("EVENTS_TOPIC", EVENTS)])).await;
     wait_committed(&mock, &group, 0, N).await;
 
     let batched = metric(host.addr, r#"host_batched_records_total{topic="orders"}"#).await;
@@ -90,20 +84,10 @@ async fn waiting_records_go_in_batches_each_with_its_own_outcome_calls_and_event
     assert!(batches >= 1.0 && batched > batches, "records went in batches: {batched} records in {batches} batches");
     assert_eq!(metric(host.addr, r#"host_batches_total{topic="orders",kind="failed"}"#).await, 0.0);
 
-    // One call per record, with that record's own key: `topic:partition:offset:1`.
-    let mut keys: Vec<String> = stub
-        .seen()
-        .iter()
-        .filter_map(|s| s.headers.get("idempotency-key").and_then(|k| k.to_str().ok()).map(support::key_without_digest))
-        .collect();
-    keys.sort_by_key(|k| k.split(':').nth(2).and_then(|o| o.parse::<i64>().ok()));
-    let expected: Vec<String> = (0..N).filter(|&i| i != 20).map(|i| format!("orders:0:{i}:1")).collect();
-    assert_eq!(keys, expected, "each record's call carries its own idempotency key, once");
-
     // One event per ok record, tagged with its own offset, in offset order.
     let (offsets, _) = events_by_offset(&mock, (N - 1) as usize);
-    let calls_per_record: Vec<i64> = (0..N).filter(|&i| i != 20).collect();
-    assert_eq!(offsets, calls_per_record, "events in offset order, one per ok record");
+    let ok_records: Vec<i64> = (0..N).filter(|&i| i != 20).collect();
+    assert_eq!(offsets, ok_records, "events in offset order, one per ok record");
 
     let dlq = read_topic(&mock, "orders.dlq", 1, Duration::from_secs(10));
     assert_eq!(dlq.len(), 1);
@@ -131,8 +115,8 @@ async fn a_batch_that_traps_is_redone_record_by_record_and_counts_each_record_on
         metric(host.addr, r#"host_batches_total{topic="orders",kind="failed"}"#).await >= 1.0,
         "the panic ended a batch"
     );
-    // The records before the panic ran in the failed batch too, but only their second, single
-    // handling counts: one event each, in order.
+    // The records around the panic ran in the failed batch too, but only their single handling
+    // counts: one event each, in order.
     let (offsets, counts) = events_by_offset(&mock, (N - 1) as usize);
     let expected: Vec<i64> = (0..N).filter(|&i| i != 6).collect();
     assert_eq!(offsets, expected, "each ok record's event once, in offset order: {counts:?}");
@@ -144,157 +128,112 @@ async fn a_batch_that_traps_is_redone_record_by_record_and_counts_each_record_on
     host.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_time_limit_restarts_with_each_record_of_a_batch() {
-    let mock = cluster(&["orders"]);
-    let p = producer(&mock);
-    // Five records of 250 ms each waiting, under a 400 ms limit: any batch of two or more would
-    // run past the limit unless it restarts with each record.
-    for _ in 0..5 {
-        produce(&p, "orders", 2, "sleep", "250", &[]).await;
-    }
-    let dir = handlers_dir(Some("[limits]\ncall_timeout_ms = 400\n[retry]\nin_place_attempts = 1\nmax_attempts = 1\n"));
-    let group = uuid_like();
-    let host = start_host(host_env(&mock, dir.path(), &group, &[])).await;
-    wait_committed(&mock, &group, 2, 5).await;
-    let failed = r#"host_batches_total{topic="orders",kind="failed"}"#;
-    assert_eq!(metric(host.addr, r#"host_records_total{topic="orders",outcome="ok"}"#).await, 5.0);
-    assert!(
-        metric(host.addr, r#"host_batched_records_total{topic="orders"}"#).await >= 2.0,
-        "the records were batched"
+#[tokio::test]
+async fn a_batchs_records_share_one_time_limit_and_one_past_it_is_redone_alone() {
+    let engine = support::engine();
+    let limits = HandlerLimits { call_timeout_ms: 400, ..HandlerLimits::default() };
+    let mut worker = Worker::new(
+        support::load(&engine, &fixture("pure"), limits),
+        host::producer_api::ProducerClient::unconfigured(),
     );
-    assert_eq!(metric(host.addr, failed).await, 0.0, "no batch ran into the limit: it restarts per record");
-
-    // A record over the limit in a batch still times out: with the host stopped, a 700 ms record
-    // waits between 150 ms ones, and they go in a batch when it starts again.
-    host.shutdown().await;
-    for ms in ["150", "150", "700", "150", "150"] {
-        produce(&p, "orders", 2, "sleep", ms, &[]).await;
+    let records = |ms: &[&str]| -> Vec<Record> {
+        ms.iter()
+            .enumerate()
+            .map(|(i, ms)| Record { offset: i as i64, ..support::record("orders", "sleep", ms) })
+            .collect()
+    };
+    // Three records of 100 ms fit one limit together.
+    let BatchInvocation::Handled(invocations) = worker.invoke_batch(&records(&["100", "100", "100"])).await else {
+        panic!("the batch failed");
+    };
+    assert!(invocations.iter().all(|i| i.outcome == Outcome::Ok), "{invocations:?}");
+    // Five of 150 ms do not: the batch fails, and each record alone is within the limit.
+    let slow = records(&["150", "150", "150", "150", "150"]);
+    match worker.invoke_batch(&slow).await {
+        BatchInvocation::Failed(reason) => assert!(reason.contains("timeout"), "{reason}"),
+        other => panic!("expected a timeout, got {other:?}"),
     }
-    let host = start_host(host_env(&mock, dir.path(), &group, &[])).await;
-    wait_committed(&mock, &group, 2, 10).await;
-    assert_eq!(metric(host.addr, failed).await, 1.0, "the batch with the 700 ms record hit the limit");
-    assert_eq!(metric(host.addr, r#"host_records_total{topic="orders",outcome="ok"}"#).await, 4.0);
-    assert_eq!(metric(host.addr, r#"host_records_total{topic="orders",outcome="timeout"}"#).await, 1.0);
-    let dlq = read_topic(&mock, "orders.dlq", 1, Duration::from_secs(10));
-    assert_eq!((dlq.len(), dlq[0].header("x-dlq-offset")), (1, Some("7")), "only the 700 ms record timed out");
-    host.shutdown().await;
+    for record in &slow {
+        assert_eq!(worker.invoke(record).await.outcome, Outcome::Ok, "alone, a record has the limit to itself");
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_stopping_mid_batch_ends_it_at_a_record_boundary_and_commits_what_was_handled() {
-    let mock = cluster(&["orders"]);
-    let p = producer(&mock);
-    // Ten records of 200 ms waiting: one batch of 2 s, stopped well before its end.
-    const N: i64 = 10;
-    for _ in 0..N {
-        produce(&p, "orders", 0, "sleep", "200", &[]).await;
+#[tokio::test]
+async fn a_batch_with_another_number_of_results_is_refused_and_the_handler_gets_no_more_batches() {
+    let engine = support::engine();
+    let module = support::load(&engine, &fixture("pure"), HandlerLimits::default());
+    let mut worker = Worker::new(module.clone(), host::producer_api::ProducerClient::unconfigured());
+    let records: Vec<Record> = ["echo", "drop-result", "echo"]
+        .iter()
+        .enumerate()
+        .map(|(i, k)| Record { offset: i as i64, ..support::record("orders", k, "v") })
+        .collect();
+    match worker.invoke_batch(&records).await {
+        BatchInvocation::Failed(reason) => assert!(reason.contains("2 results for 3 records"), "{reason}"),
+        other => panic!("expected a broken contract, got {other:?}"),
     }
-    let dir = handlers_dir(None);
-    let group = uuid_like();
-    let ok = r#"host_records_total{topic="orders",outcome="ok"}"#;
-    let host = start_host(host_env(&mock, dir.path(), &group, &[])).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while metric(host.addr, r#"host_batches_total{topic="orders",kind="handled"}"#).await < 1.0
-        && metric(host.addr, ok).await < 1.0
-    {
-        assert!(std::time::Instant::now() < deadline, "nothing was handled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // What was handled just before the stop must be committed by it; the batch must end at the
-    // record in hand, not run on to its end (2 s).
-    let handled_first = metric(host.addr, ok).await;
-    host.shutdown().await;
-    let committed_first = committed(&mock, &group, "orders")[0];
-    assert!(committed_first < N, "the stop cut the batch short (committed {committed_first} of {N})");
-    assert!(
-        committed_first as f64 >= handled_first,
-        "every record handled before the stop is committed ({handled_first} handled, {committed_first} committed)"
-    );
+    assert!(!worker.takes_batches(), "no more batches from this load");
+    worker.swap(module.with_limits(HandlerLimits::default()).expect("limits"));
+    assert!(worker.takes_batches(), "a swap gives the handler another chance");
+}
 
-    let host = start_host(host_env(&mock, dir.path(), &group, &[])).await;
-    wait_committed(&mock, &group, 0, N).await;
-    let handled_second = metric(host.addr, ok).await;
-    assert_eq!(handled_second, (N - committed_first) as f64, "the second host handled what the first did not commit");
-    host.shutdown().await;
+#[tokio::test]
+async fn a_handler_is_never_given_batches_and_an_impure_batch_handler_is_refused() {
+    let engine = support::engine();
+    let handler = support::load(&engine, &support::handler("new-user-created"), HandlerLimits::default());
+    assert_eq!(handler.world(), "handler@0.2");
+    let mut worker = Worker::new(handler, host::producer_api::ProducerClient::unconfigured());
+    assert!(!worker.takes_batches());
+    let records = vec![support::record("orders", "k", "v")];
+    assert!(matches!(worker.invoke_batch(&records).await, BatchInvocation::Failed(_)));
+    let refused = host::runtime::HandlerModule::load_file(&engine, &fixture("impure-batch"), HandlerLimits::default())
+        .expect_err("a batch handler that logs");
+    assert!(refused.to_string().contains("must be pure") && refused.to_string().contains("runtime"), "{refused}");
 }
 
 /// A component built against an older contract, checked in under `tests/data/`.
 fn old_build(engine: &std::sync::Arc<host::runtime::WasmEngine>, file: &str) -> host::runtime::HandlerModule {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(file);
-    support::load(engine, &path, host::runtime::HandlerLimits::default())
+    support::load(engine, &path, HandlerLimits::default())
 }
 
 #[tokio::test]
-async fn a_component_built_against_the_0_1_0_contract_still_loads_and_runs_one_record_per_call() {
+async fn components_built_against_every_0_1_contract_still_load_and_run_one_record_per_call() {
     let engine = support::engine();
-    let module = old_build(&engine, "new-user-created-0.1.0.wasm");
-    assert!(!module.supports_batches(), "built before batches, it targets the handler world");
-    assert_eq!(module.world(), "handler");
-    let current =
-        support::load(&engine, &support::handler("new-user-created"), host::runtime::HandlerLimits::default());
-    assert_eq!(current.world(), "packed-batch-handler", "the SDK's handlers take packed batches");
+    // new-user-created of 0.1.0 (the `handler` world) and 0.1.1 (`batch-handler`): a malformed
+    // user is rejected, as today's handler does.
+    for file in ["new-user-created-0.1.0.wasm", "new-user-created-0.1.1.wasm"] {
+        let module = old_build(&engine, file);
+        assert_eq!(module.world(), "handler@0.1", "{file}");
+        let mut worker = Worker::new(module, host::producer_api::ProducerClient::unconfigured());
+        assert!(!worker.takes_batches(), "{file}: 0.1.x batches are no longer used");
+        let invocation = worker.invoke(&support::record("new-user-created", "k", "{not json")).await;
+        assert!(
+            matches!(&invocation.outcome, Outcome::Reject(r) if r.contains("malformed")),
+            "{file}: {:?}",
+            invocation.outcome
+        );
+    }
+    // hostile of 0.1.2 and 0.1.3 (the packed batch worlds): events and producer calls through
+    // the 0.1 imports, each record its own.
     let stub = StubProducer::start().await;
-    let client = host::producer_api::ProducerClient::new(&stub.url).expect("client");
-    let mut worker = host::runtime::Worker::new(module, client);
-    let invocation = worker.invoke(&support::record("new-user-created", "k", "{not json")).await;
-    assert!(
-        matches!(&invocation.outcome, host::record::Outcome::Reject(r) if r.contains("malformed")),
-        "{:?}",
-        invocation.outcome
-    );
-    assert!(!worker.takes_batches());
-}
-
-#[tokio::test]
-async fn a_component_built_against_the_0_1_1_contract_gets_its_batches_through_handle_batch() {
-    let engine = support::engine();
-    let module = old_build(&engine, "new-user-created-0.1.1.wasm");
-    assert_eq!(module.world(), "batch-handler", "built before packed batches");
-    let stub = StubProducer::start().await;
-    let client = host::producer_api::ProducerClient::new(&stub.url).expect("client");
-    let mut worker = host::runtime::Worker::new(module, client);
-    assert!(worker.takes_batches());
-    // Both malformed: the batch stops at the first record that does not end `ok`.
-    let records: Vec<_> = (0..2)
-        .map(|i| host::record::Record { offset: i, ..support::record("new-user-created", "k", "{not json") })
-        .collect();
-    let host::runtime::BatchInvocation::Handled(invocations) = worker.invoke_batch(&records, None).await else {
-        panic!("the batch failed")
-    };
-    assert_eq!(invocations.len(), 1, "one result: the batch ends at the first rejection");
-    assert!(
-        matches!(&invocations[0].outcome, host::record::Outcome::Reject(r) if r.contains("malformed")),
-        "{:?}",
-        invocations[0].outcome
-    );
-}
-
-#[tokio::test]
-async fn a_component_built_against_the_0_1_2_contract_steps_record_by_record_with_next_record() {
-    let engine = support::engine();
-    let module = old_build(&engine, "hostile-0.1.2.wasm");
-    assert_eq!(module.world(), "packed-batch-handler", "built before `advance`, it calls `next-record`");
-    let mut worker = host::runtime::Worker::new(module, host::producer_api::ProducerClient::unconfigured());
-    // Quick records with and without events, and a rejection that ends the batch.
-    let keys = ["ok", "describe", "ok", "ok", "describe", "reject", "ok"];
-    let records: Vec<_> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, key)| host::record::Record { offset: 10 + i as i64, ..support::record("orders", key, "v") })
-        .collect();
-    let host::runtime::BatchInvocation::Handled(invocations) = worker.invoke_batch(&records, None).await else {
-        panic!("the batch failed")
-    };
-    assert_eq!(invocations.len(), 6, "the batch ends at the rejection");
-    for (i, invocation) in invocations.iter().enumerate() {
-        let offsets: Vec<i64> = invocation.events.iter().map(|e| e.offset).collect();
-        match keys[i] {
-            "describe" => assert_eq!(offsets, [10 + i as i64], "record {i}'s own event"),
-            _ => assert!(offsets.is_empty(), "record {i}: no event"),
+    for file in ["hostile-0.1.2.wasm", "hostile-0.1.3.wasm"] {
+        let module = old_build(&engine, file);
+        assert_eq!(module.world(), "handler@0.1", "{file}");
+        let client = host::producer_api::ProducerClient::new(&stub.url).expect("client");
+        let mut worker = Worker::new(module, client);
+        for (i, key) in ["ok", "describe", "reject"].iter().enumerate() {
+            let record = Record { offset: 10 + i as i64, ..support::record("orders", key, "v") };
+            let invocation = worker.invoke(&record).await;
+            let offsets: Vec<i64> = invocation.events.iter().map(|e| e.offset).collect();
+            match *key {
+                "describe" => assert_eq!(offsets, [record.offset], "{file}: the record's own event"),
+                _ => assert!(offsets.is_empty(), "{file}: no event for {key}"),
+            }
+            assert_eq!(invocation.outcome == Outcome::Ok, *key != "reject", "{file} {key}: {:?}", invocation.outcome);
         }
-        let ok = keys[i] != "reject";
-        assert_eq!(invocation.outcome == host::record::Outcome::Ok, ok, "record {i}: {:?}", invocation.outcome);
+        let call = worker.invoke(&support::record("orders", "call", r#"["/producer-svc/ping-what"]"#)).await;
+        let v: serde_json::Value = serde_json::from_str(&call.events[0].payload).expect("json");
+        assert_eq!(v["status"], 200, "{file}: a producer call through the 0.1 import");
     }
 }

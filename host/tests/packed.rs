@@ -1,11 +1,11 @@
-//! The packed batch (`handle-packed`, the contract's `packed-batch-handler` world) through the
-//! WIT contract: every field of every record in a batch reaches the guest exactly as it does
-//! when the record is handed over alone with `handle`, for arbitrary records (no key, tombstones,
-//! empty and binary values, repeated and non-ASCII header keys, binary header values, any
-//! timestamp, any attempt). The guest is the hostile fixture, whose `describe` misdeed (keys
+//! The packed batch (`batch.handle-batch`, the contract's `batch-handler` world) through the WIT
+//! contract: every field of every record in a batch reaches a pure guest exactly as it reaches a
+//! `handler` guest that gets the record alone, for arbitrary records (no key, tombstones, empty
+//! and binary values, repeated and non-ASCII header keys, binary header values, any timestamp,
+//! any attempt). The guests are the `pure` and `hostile` fixtures, whose `describe` misdeed (keys
 //! starting with `describe`, and records with no key or an empty one) publishes every field it
-//! received as an event, and whose `ok` records use no import: the SDK steps over those
-//! (`advance`), so the events must still reach the host as the right record's.
+//! received as an event, and whose `ok` records publish nothing: each event must be its own
+//! record's.
 
 mod support;
 
@@ -13,7 +13,7 @@ use host::record::{Header, Outcome, Record};
 use host::runtime::{BatchInvocation, HandlerLimits, Worker};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use support::{StubProducer, fixture};
+use support::fixture;
 
 /// What the fixture should report for `record`: the same JSON shape its `describe` builds.
 fn described(record: &Record) -> serde_json::Value {
@@ -53,8 +53,8 @@ fn batch() -> impl Strategy<Value = Vec<Record>> {
     let header =
         ("\\PC{0,8}", prop::collection::vec(any::<u8>(), 0..16)).prop_map(|(key, value)| Header { key, value });
     let record = (
-        // No key, an empty one, or `describe` and any bytes (the fixture describes all three),
-        // or `ok` (a record that uses no import).
+        // No key, an empty one, or `describe` and any bytes (the fixtures describe all three),
+        // or `ok` (a record that publishes nothing).
         prop_oneof![
             1 => Just(None),
             1 => Just(Some(Vec::new())),
@@ -86,89 +86,31 @@ fn batch() -> impl Strategy<Value = Vec<Record>> {
 }
 
 #[test]
-fn every_field_of_every_record_reaches_the_guest_in_a_packed_batch_as_it_does_alone() {
+fn every_field_of_every_record_reaches_a_pure_guest_in_a_batch_as_it_reaches_a_handler_alone() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let engine = support::engine();
-    let module = support::load(&engine, &fixture("hostile"), HandlerLimits::default());
-    assert_eq!(module.world(), "packed-batch-handler", "the SDK's components take packed batches");
-    let stub = runtime.block_on(StubProducer::start());
-    let client = host::producer_api::ProducerClient::new(&stub.url).expect("client");
-    let worker = std::cell::RefCell::new(Worker::new(module, client));
-    assert!(worker.borrow().takes_batches());
+    let pure = support::load(&engine, &fixture("pure"), HandlerLimits::default());
+    assert_eq!(pure.world(), "batch-handler@0.2");
+    let handler = support::load(&engine, &fixture("hostile"), HandlerLimits::default());
+    assert_eq!(handler.world(), "handler@0.2");
+    let unconfigured = host::producer_api::ProducerClient::unconfigured;
+    let batches = std::cell::RefCell::new(Worker::new(pure, unconfigured()));
+    let alone = std::cell::RefCell::new(Worker::new(handler, unconfigured()));
+    assert!(batches.borrow().takes_batches() && !alone.borrow().takes_batches());
     let mut runner = TestRunner::new(Config { cases: 64, failure_persistence: None, ..Config::default() });
     runner
         .run(&batch(), |records| {
-            let BatchInvocation::Handled(invocations) =
-                runtime.block_on(worker.borrow_mut().invoke_batch(&records, None))
+            let BatchInvocation::Handled(invocations) = runtime.block_on(batches.borrow_mut().invoke_batch(&records))
             else {
                 panic!("the batch failed");
             };
-            prop_assert_eq!(invocations.len(), records.len(), "every record handled");
+            prop_assert_eq!(invocations.len(), records.len(), "a result per record");
             for (record, invocation) in records.iter().zip(&invocations) {
                 prop_assert_eq!(got(&invocation.outcome, &invocation.events), expected(record));
-                let alone = runtime.block_on(worker.borrow_mut().invoke(record));
-                prop_assert_eq!(got(&alone.outcome, &alone.events), expected(record), "alone, the same");
+                let one = runtime.block_on(alone.borrow_mut().invoke(record));
+                prop_assert_eq!(got(&one.outcome, &one.events), expected(record), "the handler world, alone");
             }
             Ok(())
         })
         .expect("property");
-}
-
-#[tokio::test]
-async fn records_that_use_no_import_share_a_step_and_the_ones_that_do_keep_their_own_events() {
-    let engine = support::engine();
-    let module = support::load(&engine, &fixture("hostile"), HandlerLimits::default());
-    let mut worker = Worker::new(module, host::producer_api::ProducerClient::unconfigured());
-    // Records 5, 6 and 17 publish an event (`describe`), the others use no import.
-    let records: Vec<Record> = (0..40)
-        .map(|i| {
-            let key = if [5, 6, 17].contains(&i) { "describe" } else { "ok" };
-            Record { offset: 100 + i, ..support::record("orders", key, "v") }
-        })
-        .collect();
-    let BatchInvocation::Handled(invocations) = worker.invoke_batch(&records, None).await else {
-        panic!("the batch failed");
-    };
-    assert_eq!(invocations.len(), records.len());
-    for (record, invocation) in records.iter().zip(&invocations) {
-        assert_eq!(got(&invocation.outcome, &invocation.events), expected(record), "offset {}", record.offset);
-    }
-    // The records of a step share its time. A record that publishes starts a step and ends it:
-    // it shares with neither neighbour. The quick records share long steps (the host sizes them
-    // to about 10 ms; only a machine stalling at most boundaries would split them all).
-    let durations: Vec<_> = invocations.iter().map(|i| i.duration).collect();
-    for i in [5, 6, 17] {
-        assert_ne!(durations[i], durations[i - 1], "record {i} starts a step: {durations:?}");
-        assert_ne!(durations[i], durations[i + 1], "record {i} ends its step: {durations:?}");
-    }
-    let shared = durations.windows(2).filter(|w| w[0] == w[1]).count();
-    assert!(shared >= 16, "quick records share steps ({shared} of 33 possible pairs): {durations:?}");
-}
-
-#[tokio::test]
-async fn a_stop_seen_at_a_records_first_import_leaves_that_record_out_and_sends_nothing_for_it() {
-    let engine = support::engine();
-    let module = support::load(&engine, &fixture("hostile"), HandlerLimits::default());
-    let mut worker = Worker::new(module, host::producer_api::ProducerClient::unconfigured());
-    // Records 0 and 1 are quick, so record 2 shares record 1's step; it sleeps, then publishes:
-    // its first import asks the host for a step of its own, and by then the host is stopping.
-    let records: Vec<Record> = ["ok", "ok", "sleep", "ok"]
-        .iter()
-        .enumerate()
-        .map(|(i, key)| Record { offset: i as i64, ..support::record("orders", key, "300") })
-        .collect();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let stopper = tokio::spawn(async move {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        stop.send_replace(true);
-    });
-    let BatchInvocation::Handled(invocations) = worker.invoke_batch(&records, Some(&stopped)).await else {
-        panic!("the batch failed");
-    };
-    stopper.await.expect("stopper");
-    assert_eq!(invocations.len(), 2, "records 0 and 1 handled; 2 left out (it will be delivered again)");
-    assert!(invocations.iter().all(|i| i.outcome == Outcome::Ok && i.events.is_empty()), "{invocations:?}");
-    // The instance is still trusted: the batch kept the contract.
-    let again = worker.invoke_batch(&records[2..3], None).await;
-    assert!(matches!(again, BatchInvocation::Handled(ref i) if i.len() == 1), "{again:?}");
 }

@@ -373,21 +373,22 @@ async fn a_guest_that_blocks_in_its_start_code_times_out_at_every_instantiation(
 }
 
 #[tokio::test]
-async fn a_guest_blocked_in_a_batch_fails_the_batch_at_its_limit() {
+async fn a_pure_guest_blocked_in_a_batch_fails_the_batch_at_its_limit() {
     let limits = HandlerLimits { call_timeout_ms: 300, ..HandlerLimits::default() };
-    let mut worker = hostile_worker(limits, ProducerClient::unconfigured());
-    let records: Vec<Record> = ["ok", "block", "ok"]
+    let engine = engine();
+    let mut worker = Worker::new(load(&engine, &fixture("pure"), limits), ProducerClient::unconfigured());
+    let records: Vec<Record> = [("ok", ""), ("sleep", "60000"), ("ok", "")]
         .iter()
         .enumerate()
-        .map(|(i, key)| Record { offset: i as i64, ..record("t", key, "forever") })
+        .map(|(i, (key, value))| Record { offset: i as i64, ..record("t", key, value) })
         .collect();
     let started = Instant::now();
-    match worker.invoke_batch(&records, None).await {
+    match worker.invoke_batch(&records).await {
         host::runtime::BatchInvocation::Failed(reason) => assert!(reason.contains("timeout"), "{reason}"),
         other => panic!("expected the batch to fail, got {other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(2), "cut off after {:?}", started.elapsed());
-    assert_next_record_runs(&mut worker).await;
+    assert_eq!(worker.invoke(&records[0]).await.outcome, Outcome::Ok, "the worker runs the next record");
 }
 
 #[tokio::test]
@@ -417,17 +418,17 @@ async fn a_guest_that_keeps_wasi_handles_without_end_traps_at_the_cap() {
 }
 
 #[tokio::test]
-async fn a_batch_whose_events_pass_one_records_budget_is_redone_record_by_record() {
-    // 8 events of 64 KiB a record: 512 KiB. Ten records of one 60 KB event each pass it together.
-    let limits = HandlerLimits { max_events_per_record: 8, ..HandlerLimits::default() };
-    let mut worker = hostile_worker(limits, ProducerClient::unconfigured());
-    let records: Vec<Record> = (0..10).map(|i| Record { offset: i, ..record("t", "big-event", "60000") }).collect();
-    match worker.invoke_batch(&records, None).await {
-        host::runtime::BatchInvocation::Failed(reason) => assert!(reason.contains("event bytes"), "{reason}"),
+async fn a_batch_whose_results_pass_what_one_call_may_pass_the_host_is_redone_record_by_record() {
+    // Each record returns 1000 events (64 are kept): 64 records' results together are more than
+    // one call may pass the host; one record's are not.
+    let engine = engine();
+    let mut worker =
+        Worker::new(load(&engine, &fixture("pure"), HandlerLimits::default()), ProducerClient::unconfigured());
+    let records: Vec<Record> = (0..64).map(|i| Record { offset: i, ..record("t", "events", "1000") }).collect();
+    match worker.invoke_batch(&records).await {
+        host::runtime::BatchInvocation::Failed(reason) => assert!(reason.contains("too much data"), "{reason}"),
         other => panic!("expected the batch to fail, got {other:?}"),
     }
-    for r in &records {
-        let inv = worker.invoke(r).await;
-        assert_eq!((inv.outcome, inv.events.len()), (Outcome::Ok, 1), "alone, each record keeps its event");
-    }
+    let alone = worker.invoke(&records[0]).await;
+    assert_eq!((alone.outcome, alone.events.len(), alone.dropped), (Outcome::Ok, 64, 936), "alone, the caps apply");
 }

@@ -54,7 +54,15 @@ fn test() -> anyhow::Result<()> {
     build_handlers()?;
     build_test_fixtures()?;
     step("clippy");
-    run(cargo().current_dir(&root).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().current_dir(&root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     for ws in ["handlers", "test-fixtures"] {
         let target_dir = xtask::target_dir().join("wasm");
         run(cargo()

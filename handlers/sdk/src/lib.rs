@@ -1,6 +1,7 @@
 //! Bindings and small helpers for writing `kafka-wasm:handler` components in Rust.
 //!
-//! A handler implements [`Guest`] and exports itself with [`export!`]:
+//! A handler implements [`Guest`] and exports itself with [`export!`]; it may call the producer
+//! ([`producer_api::call`], [`call_json`]), log ([`log`]) and publish events ([`publish_event`]):
 //!
 //! ```ignore
 //! struct MyHandler;
@@ -13,138 +14,46 @@
 //! handler_sdk::export!(MyHandler);
 //! ```
 //!
-//! The component targets the contract's `packed-batch-handler` world: besides `handle`, it
-//! exports `handle-packed`, which this crate implements by decoding the packed records one at a
-//! time (into the buffers of the record before, so a batch allocates only where a record has
-//! a field or header the one before lacked) and calling
-//! [`Guest::handle`] for each in turn (telling the host where it is only when it must: see the
-//! contract's `advance`), stopping at the first
-//! that does not end `ok`. A handler written with this crate gets batches
-//! for free and needs no state of its own for them.
+//! A pure handler (one that calls nothing) may implement [`pure::PureGuest`] instead and export
+//! itself with [`export_pure!`]: the host then hands it batches of records in one call (the
+//! contract's `batch-handler` world), which this crate decodes and hands over one at a time.
 
-/// The generated bindings (kept in a module of their own so the export macro can be public).
-/// Call the imports through [`producer_api`] and [`runtime`], not through these: in a batch,
-/// the wrappers give a record its own step before its first import, as the contract's
-/// `advance` requires (a batch that skips this is redone record by record).
+/// The generated bindings of the `handler` world (kept in a module of their own so the export
+/// macro can be public).
 #[allow(unsafe_code, missing_docs, clippy::too_many_arguments)] // generated FFI glue
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "packed-batch-handler",
+        world: "handler",
         pub_export_macro: true,
         export_macro_name: "export_bindings",
         default_bindings_module: "handler_sdk::bindings",
     });
 }
 
-pub use bindings::kafka_wasm::handler::types::{Header, PackedRecords};
-pub use bindings::{HandlerError, KafkaRecord};
+pub use bindings::kafka_wasm::handler::producer_api;
+pub use bindings::kafka_wasm::handler::runtime;
+pub use bindings::kafka_wasm::handler::types::{HandlerError, Header, KafkaRecord};
 pub use producer_api::{CallError, Method, Request, Response};
 pub use runtime::{Level, log, publish_event};
-
-/// The contract's `producer-api`: calls to the producer service.
-pub mod producer_api {
-    pub use crate::bindings::kafka_wasm::handler::producer_api::{CallError, Method, Request, Response};
-
-    /// Sends one request to the producer service and waits for its response (the contract's
-    /// `call`). In a batch, the record gets a step of its own first (see the contract's
-    /// `advance`); if the host ends the batch there instead, nothing is sent, and the record's
-    /// result will not count.
-    pub fn call(request: &Request) -> Result<Response, CallError> {
-        if !crate::steps::before_import() {
-            return Err(CallError::Denied("the host ended the batch before this record".into()));
-        }
-        crate::bindings::kafka_wasm::handler::producer_api::call(request)
-    }
-}
-
-/// The contract's `runtime`: logging and the live event stream.
-pub mod runtime {
-    use crate::bindings::kafka_wasm::handler::runtime as host;
-    pub use crate::bindings::kafka_wasm::handler::runtime::Level;
-
-    /// Writes a log line (the contract's `log`); in a batch, as for
-    /// [`producer_api::call`](crate::producer_api::call).
-    pub fn log(level: Level, message: &str) {
-        if crate::steps::before_import() {
-            host::log(level, message);
-        }
-    }
-
-    /// Publishes an event (the contract's `publish-event`); in a batch, as for
-    /// [`producer_api::call`](crate::producer_api::call).
-    pub fn publish_event(kind: &str, payload: &str) {
-        if crate::steps::before_import() {
-            host::publish_event(kind, payload);
-        }
-    }
-}
 
 /// A record handler: what a component built with this crate implements.
 pub trait Guest {
     /// Handles one record: `Ok(())` when it is done, `Err(retry(..))` for a transient failure,
-    /// `Err(reject(..))` for a permanent one. See the contract's `handle`. The record is lent:
-    /// in a batch, the SDK decodes each record into the buffers of the one before.
+    /// `Err(reject(..))` for a permanent one. See the contract's `record-handler.handle`.
     fn handle(record: &KafkaRecord) -> Result<(), HandlerError>;
 }
 
-/// Handles packed records with `G`: each record in turn, decoded just before it is handled,
-/// `advance` when the host's step is used up or a record used an import, stopping at the first that does not end `ok` (its error is the
-/// last result) or when the host ends the batch. See the contract's `handle-packed`. Records
-/// that do not decode are the host's bug: this panics (the call traps, and the host handles the
-/// batch's records one by one with `handle`).
-pub fn handle_packed<G: Guest>(records: PackedRecords) -> Vec<Result<(), HandlerError>> {
-    let count = records.count as usize;
-    // Never trust the count with an allocation: no record takes less than 17 bytes.
-    let mut results = Vec::with_capacity(count.min(records.data.len() / packed::MIN_RECORD_BYTES));
-    let mut decoder = packed::Decoder::new(records);
-    let mut record = decoder.blank();
-    let batch = steps::Batch::begin();
-    for i in 0..count {
-        // Tells the host when the step is used up or the record before used an import; the
-        // host may end the batch there (it is stopping).
-        if !batch.start(u32::try_from(i).unwrap_or(u32::MAX)) {
-            break;
-        }
-        if let Err(e) = decoder.read_into(&mut record) {
-            panic!("undecodable packed records: {e}");
-        }
-        let result = G::handle(&record);
-        if batch.abandoned() {
-            // The host ended the batch before this record, at its first import call.
-            break;
-        }
-        let last = result.is_err();
-        results.push(result);
-        if last {
-            break;
-        }
-    }
-    // A batch the host ran to its end must have used the buffer up exactly.
-    if results.len() == count
-        && let Err(e) = decoder.finish()
-    {
-        panic!("undecodable packed records: {e}");
-    }
-    results
-}
-
-/// Exports a [`Guest`] as the component's handler (`handle` and `handle-packed`).
+/// Exports a [`Guest`] as the component's handler (the contract's `handler` world).
 #[macro_export]
 macro_rules! export {
     ($guest:ty) => {
         #[doc(hidden)]
         pub struct __HandlerSdkExport;
 
-        impl $crate::bindings::Guest for __HandlerSdkExport {
+        impl $crate::bindings::exports::kafka_wasm::handler::record_handler::Guest for __HandlerSdkExport {
             fn handle(record: $crate::KafkaRecord) -> ::core::result::Result<(), $crate::HandlerError> {
                 <$guest as $crate::Guest>::handle(&record)
-            }
-
-            fn handle_packed(
-                records: $crate::PackedRecords,
-            ) -> ::std::vec::Vec<::core::result::Result<(), $crate::HandlerError>> {
-                $crate::handle_packed::<$guest>(records)
             }
         }
 
@@ -152,8 +61,7 @@ macro_rules! export {
     };
 }
 
-pub mod packed;
-mod steps;
+pub mod pure;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

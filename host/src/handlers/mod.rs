@@ -5,7 +5,9 @@ pub mod loader;
 pub mod registry;
 
 pub use loader::Loader;
-pub use registry::{ActiveHandler, HandlerCode, HandlerStatus, NativeHandler, Registry, TopicCounters};
+#[cfg(feature = "native-handlers")]
+pub use registry::NativeHandler;
+pub use registry::{ActiveHandler, HandlerCode, HandlerStatus, Registry, TopicCounters};
 
 /// Whether `name` is a legal Kafka topic name of at most `max_len` characters: ASCII letters,
 /// digits, `.`, `_` and `-`, and not `.` or `..` (Kafka's own limit is 249).

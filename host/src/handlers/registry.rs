@@ -3,7 +3,9 @@
 //! so a swap takes effect between records and no record sees a half-loaded module.
 
 use crate::config::HandlerSettings;
-use crate::record::{Invocation, Outcome, Record};
+use crate::record::Outcome;
+#[cfg(feature = "native-handlers")]
+use crate::record::{Invocation, Record};
 use crate::runtime::HandlerModule;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -12,20 +14,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
-/// Handler logic compiled into the host, for benchmarks and tests that compare the sandbox with
-/// native code through the same pipeline. Production handlers are components.
+/// Handler logic compiled into the host, for benchmarks that compare the sandbox with native code
+/// through the same pipeline (feature `native-handlers`, never in production builds). Production
+/// handlers are components.
+#[cfg(feature = "native-handlers")]
 #[derive(Clone)]
 pub struct NativeHandler {
     name: String,
     logic: Arc<dyn Fn(&Record) -> Outcome + Send + Sync>,
 }
 
+#[cfg(feature = "native-handlers")]
 impl std::fmt::Debug for NativeHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NativeHandler").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
+#[cfg(feature = "native-handlers")]
 impl NativeHandler {
     /// A native handler named `name` (shown as `native:<name>` where a digest would be).
     pub fn new(name: &str, logic: impl Fn(&Record) -> Outcome + Send + Sync + 'static) -> Self {
@@ -39,19 +45,10 @@ impl NativeHandler {
         Invocation { outcome, events: Vec::new(), calls: Vec::new(), dropped: 0, duration: started.elapsed() }
     }
 
-    /// Runs the logic on `records` in order, stopping after the first that does not end `ok`,
-    /// as a component's batch does: one invocation per record handled.
+    /// Runs the logic on each of `records`, in order, as a batch handler does: one invocation
+    /// per record.
     pub fn invoke_batch(&self, records: &[Record]) -> Vec<Invocation> {
-        let mut invocations = Vec::with_capacity(records.len());
-        for record in records {
-            let invocation = self.invoke(record);
-            let last = invocation.outcome != Outcome::Ok;
-            invocations.push(invocation);
-            if last {
-                break;
-            }
-        }
-        invocations
+        records.iter().map(|record| self.invoke(record)).collect()
     }
 }
 
@@ -60,7 +57,8 @@ impl NativeHandler {
 pub enum HandlerCode {
     /// A sandboxed component (the normal case).
     Wasm(HandlerModule),
-    /// Native logic (benchmarks and tests).
+    /// Native logic (benchmarks).
+    #[cfg(feature = "native-handlers")]
     Native(NativeHandler),
 }
 
@@ -69,6 +67,7 @@ impl HandlerCode {
     pub fn digest(&self) -> &str {
         match self {
             Self::Wasm(module) => module.digest(),
+            #[cfg(feature = "native-handlers")]
             Self::Native(native) => &native.name,
         }
     }
@@ -78,7 +77,9 @@ impl HandlerCode {
     pub fn same_code(&self, other: &HandlerCode) -> bool {
         match (self, other) {
             (Self::Wasm(a), Self::Wasm(b)) => a.same_load(b),
+            #[cfg(feature = "native-handlers")]
             (Self::Native(a), Self::Native(b)) => Arc::ptr_eq(&a.logic, &b.logic),
+            #[cfg(feature = "native-handlers")]
             _ => false,
         }
     }

@@ -1,8 +1,8 @@
 //! One task per assigned partition: takes the partition's records in offset order, runs each
-//! through the topic's handler with in-place retries (several at once, in one batch call,
-//! `handle-packed` or `handle-batch`, when the handler takes batches and records are waiting),
-//! hands failures on to the retry or dead-letter topic, sends its events to the events topic when one is configured, and stores
-//! the record's offset only once its outcome is final.
+//! through the topic's handler with in-place retries (several at once, in one `handle-batch`
+//! call, when the handler is a pure batch handler and records are waiting), hands failures on to
+//! the retry or dead-letter topic, sends its events to the events topic when one is configured,
+//! and stores the record's offset only once its outcome is final.
 
 use super::consumer::HostContext;
 use super::deliver::{Outgoing, Refusal, Sent};
@@ -256,6 +256,7 @@ fn gather_batch(
             worker.module().limits().as_ref()
         }
         // Native logic (benchmarks) goes through the same batches as a component would.
+        #[cfg(feature = "native-handlers")]
         HandlerCode::Native(_) => &handler.settings.limits,
     };
     // A batch is copied into the guest whole: keep it well inside the guest's memory cap.
@@ -332,9 +333,8 @@ async fn handle_batch(
     };
     shared.metrics.in_flight.inc_by(n as i64);
     let result = match &handler.code {
-        HandlerCode::Wasm(module) => {
-            worker_for(shared, &mut state.worker, module).invoke_batch(&batch, Some(stop)).await
-        }
+        HandlerCode::Wasm(module) => worker_for(shared, &mut state.worker, module).invoke_batch(&batch).await,
+        #[cfg(feature = "native-handlers")]
         HandlerCode::Native(native) => BatchInvocation::Handled(native.invoke_batch(&batch)),
     };
     shared.metrics.in_flight.dec_by(n as i64);
@@ -472,6 +472,7 @@ async fn handle(
                 shared.metrics.in_flight.inc();
                 let invocation = match &handler.code {
                     HandlerCode::Wasm(module) => worker_for(shared, &mut state.worker, module).invoke(&record).await,
+                    #[cfg(feature = "native-handlers")]
                     HandlerCode::Native(native) => native.invoke(&record),
                 };
                 shared.metrics.in_flight.dec();

@@ -49,8 +49,8 @@ pub struct HandlerLimits {
     pub instance_policy: InstancePolicy,
     /// With `reuse`, records handled by one instance before it is replaced.
     pub recycle_after_records: u64,
-    /// Most records handed to a batch-taking component in one call (`handle-packed` or
-    /// `handle-batch`), when that many are waiting on the partition (1: never batch). Only under `reuse`.
+    /// Most records handed to a pure batch handler in one call (`handle-batch`), when that many
+    /// are waiting on the partition (1: never batch). Only under `reuse`.
     pub max_batch_records: u32,
     /// Most bytes of keys, values and headers (with the packed format's lengths and fixed fields)
     /// in one batch, and never more than a quarter of `max_memory_bytes` (a record over it goes

@@ -3,11 +3,10 @@
 
 use super::config::EngineConfig;
 use super::state::HostState;
-use crate::bindings::{batch, types};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// Core modules, memories and tables one handler component may hold. A Rust component built for
@@ -66,11 +65,12 @@ impl WasmEngine {
 
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(err)?;
-        // The batch worlds' imports are `handler`'s and `batch`: one linker serves all three
-        // worlds. `producer-api` and `runtime` are defined by hand, so that their arguments are
-        // checked against the handler's limits before they are copied out of guest memory.
-        types::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s).map_err(err)?;
-        batch::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s).map_err(err)?;
+        // One linker serves every world and version: `producer-api` and `runtime` are defined
+        // by hand, so that their arguments are checked against the handler's limits before they
+        // are copied out of guest memory; `types` holds no function.
+        for version in ["0.2.0", "0.1.3"] {
+            linker.instance(&format!("kafka-wasm:handler/types@{version}")).map_err(err)?;
+        }
         super::imports::add_to_linker(&mut linker).map_err(err)?;
 
         let stop = Arc::new(AtomicBool::new(false));

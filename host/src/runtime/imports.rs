@@ -10,7 +10,7 @@
 //! what is copied is bounded by those limits. Strings are read in place when the guest encodes
 //! them as UTF-8 (Rust, Python, JavaScript builds do); another encoding is transcoded once.
 
-use super::state::HostState;
+use super::state::{HostState, valid_event_kind};
 use crate::bindings::host_runtime::Level;
 use crate::bindings::producer_api::{CallError as WitCallError, Method as WitMethod, Response as WitResponse};
 use crate::producer_api::validate::{MAX_HEADER_BYTES, MAX_HEADERS, MAX_PATH_LEN};
@@ -19,9 +19,10 @@ use crate::record::truncated;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{ComponentType, Lift, Linker, WasmList, WasmStr};
 
-/// The contract version whose interface names the imports are defined under. The linker matches
-/// a guest's import of any semver-compatible version (every 0.1.x) to these.
-const CONTRACT_VERSION: &str = "0.1.3";
+/// The contract versions whose interface names the imports are defined under. The linker matches
+/// a guest's import of any semver-compatible version (every 0.1.x, every 0.2.x) to these; the
+/// types are the same in both.
+const CONTRACT_VERSIONS: [&str; 2] = ["0.2.0", "0.1.3"];
 
 /// `producer-api.request`, left in guest memory.
 #[derive(ComponentType, Lift)]
@@ -97,9 +98,27 @@ impl From<CallError> for WitCallError {
     }
 }
 
-/// Defines `producer-api.call`, `runtime.log` and `runtime.publish-event` on `linker`.
+/// Defines `producer-api.call`, `runtime.log` and `runtime.publish-event` on `linker`, for every
+/// contract version the host runs.
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    let mut api = linker.instance(&format!("kafka-wasm:handler/producer-api@{CONTRACT_VERSION}"))?;
+    for version in CONTRACT_VERSIONS {
+        add_version_to_linker(linker, version)?;
+    }
+    // Components of the 0.1.1-0.1.3 batch worlds import `batch` too; the host runs them through
+    // `handle` alone and never calls what would call these.
+    let mut batch = linker.instance("kafka-wasm:handler/batch@0.1.3")?;
+    batch.func_wrap("next-record", |_store, (): ()| -> wasmtime::Result<(bool,)> {
+        wasmtime::bail!("batch.next-record is a 0.1.x batch import this host no longer serves")
+    })?;
+    batch.func_wrap("advance", |_store, (_index,): (u32,)| -> wasmtime::Result<(u32,)> {
+        wasmtime::bail!("batch.advance is a 0.1.x batch import this host no longer serves")
+    })?;
+    Ok(())
+}
+
+/// Defines the imports under the interface names of contract `version`.
+fn add_version_to_linker(linker: &mut Linker<HostState>, version: &str) -> wasmtime::Result<()> {
+    let mut api = linker.instance(&format!("kafka-wasm:handler/producer-api@{version}"))?;
     api.func_wrap_async("call", |mut store, (request,): (GuestRequest,)| {
         Box::new(async move {
             let result = match store.data_mut().producer_call_allowed() {
@@ -118,7 +137,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         })
     })?;
 
-    let mut runtime = linker.instance(&format!("kafka-wasm:handler/runtime@{CONTRACT_VERSION}"))?;
+    let mut runtime = linker.instance(&format!("kafka-wasm:handler/runtime@{version}"))?;
     runtime.func_wrap("log", |mut store, (level, message): (Level, WasmStr)| {
         let Some(max) = store.data_mut().log_line_allowed() else { return Ok(()) };
         let message = text(&message, &store).map(|m| truncated(&m, max).into_owned()).unwrap_or_else(|e| e);
@@ -139,11 +158,6 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         Ok(())
     })?;
     Ok(())
-}
-
-/// An event kind is 1 to 128 bytes without control characters.
-fn valid_event_kind(kind: &str) -> bool {
-    !kind.is_empty() && kind.len() <= 128 && !kind.chars().any(char::is_control)
 }
 
 #[cfg(test)]

@@ -1,11 +1,17 @@
-//! A loaded handler: a component compiled once, checked against the `packed-batch-handler`,
-//! `batch-handler` or `handler` world and pre-instantiated, with its digest and limits. Cheap to
-//! clone and share between partition workers; a swap replaces the whole value, never part of it.
+//! A loaded handler: a component compiled once, its kind decided once from what it exports (the
+//! `handler` world, the pure `batch-handler` world, or a 0.1.x `handler`), pre-instantiated,
+//! with its digest and limits. Cheap to clone and share between partition workers; a swap
+//! replaces the whole value, never part of it. [`Pre`] and [`Instance`] carry their own
+//! `instantiate` and calls, so the worker never matches on the kind (wasmtime-wasi-http's
+//! `ProxyPre` is the model).
 
 use super::config::{HandlerLimits, InvalidLimit};
 use super::engine::WasmEngine;
 use super::state::HostState;
-use crate::bindings::{BatchHandlerPre, HandlerPre, PackedBatchHandlerPre};
+use crate::bindings::batch::{PackedRecords, RecordResult};
+use crate::bindings::types::HandlerError;
+use crate::bindings::{BatchHandler, BatchHandlerPre, Handler, HandlerPre, LegacyHandler, LegacyHandlerPre};
+use crate::record::Record;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Arc;
@@ -42,22 +48,93 @@ pub enum LoadError {
     /// A component that does not compile.
     #[error("invalid component: {0}")]
     Invalid(String),
-    /// A valid component that does not fit the `kafka-wasm:handler/handler` world.
-    #[error("the component does not implement the kafka-wasm:handler@0.1.x `handler` world: {0}")]
+    /// A valid component that fits none of the contract's worlds.
+    #[error(
+        "the component implements no kafka-wasm:handler world (handler@0.2.0, batch-handler@0.2.0, or handler@0.1.x): {0}"
+    )]
     WrongWorld(String),
+    /// A batch handler that imports what a pure handler may not.
+    #[error("a batch-handler must be pure, but the component imports {0}: target the handler world to call out")]
+    ImpureBatch(String),
     /// The handler's limits are out of range.
     #[error("invalid handler limits: {0}")]
     Limits(#[from] InvalidLimit),
 }
 
-/// The pre-instantiated component, by the world it targets.
+/// The pre-instantiated component, by the kind of handler it is.
 pub(crate) enum Pre {
-    /// `handler`: one record per call.
-    Single(HandlerPre<HostState>),
-    /// `batch-handler`: also `handle-batch`.
+    /// `handler@0.2`: one record per call, through `record-handler.handle`.
+    Record(HandlerPre<HostState>),
+    /// `batch-handler@0.2`: a pure handler, records in and results out, through
+    /// `batch.handle-batch`.
     Batch(BatchHandlerPre<HostState>),
-    /// `packed-batch-handler`: also `handle-packed`.
-    Packed(PackedBatchHandlerPre<HostState>),
+    /// `handler@0.1.x` (and the 0.1.x batch worlds, run through their `handle`).
+    Legacy(LegacyHandlerPre<HostState>),
+}
+
+impl Pre {
+    /// A new instance in `store`.
+    pub(crate) async fn instantiate(&self, store: &mut wasmtime::Store<HostState>) -> wasmtime::Result<Instance> {
+        Ok(match self {
+            Pre::Record(pre) => Instance::Record(pre.instantiate_async(store).await?),
+            Pre::Batch(pre) => Instance::Batch(pre.instantiate_async(store).await?),
+            Pre::Legacy(pre) => Instance::Legacy(pre.instantiate_async(store).await?),
+        })
+    }
+}
+
+/// An instance's exports, by the kind of handler it is.
+pub(crate) enum Instance {
+    /// `handler@0.2`.
+    Record(Handler),
+    /// `batch-handler@0.2`.
+    Batch(BatchHandler),
+    /// `handler@0.1.x`.
+    Legacy(LegacyHandler),
+}
+
+impl Instance {
+    /// Handles one record. A batch handler gets a batch of one, and its events go through the
+    /// store's caps as a `publish-event` would; `packing` is the buffer a batch is packed in.
+    pub(crate) async fn handle(
+        &self,
+        store: &mut wasmtime::Store<HostState>,
+        record: &Record,
+        packing: &mut Vec<u8>,
+    ) -> wasmtime::Result<Result<(), HandlerError>> {
+        match self {
+            Instance::Record(handler) => {
+                handler.kafka_wasm_handler_record_handler().call_handle(&mut *store, record).await
+            }
+            Instance::Legacy(handler) => handler.call_handle(&mut *store, record).await,
+            Instance::Batch(_) => {
+                let mut results = self.handle_batch(store, std::slice::from_ref(record), packing).await?;
+                let Some(result) = results.pop().filter(|_| results.is_empty()) else {
+                    wasmtime::bail!("handle-batch returned another number of results than the one record it was given");
+                };
+                store.data_mut().push_events(result.events);
+                Ok(result.outcome)
+            }
+        }
+    }
+
+    /// Handles `records` (consecutive, of one partition) in one call: one result per record,
+    /// in order. Only a batch handler takes batches.
+    pub(crate) async fn handle_batch(
+        &self,
+        store: &mut wasmtime::Store<HostState>,
+        records: &[Record],
+        packing: &mut Vec<u8>,
+    ) -> wasmtime::Result<Vec<RecordResult>> {
+        let Instance::Batch(handler) = self else {
+            wasmtime::bail!("the handler does not take batches");
+        };
+        let packed = super::packed::pack(records, std::mem::take(packing))?;
+        let results = handler.kafka_wasm_handler_batch().call_handle_batch(&mut *store, &packed).await;
+        let PackedRecords { data, .. } = packed;
+        *packing = data;
+        results
+    }
 }
 
 /// A compiled, checked, pre-instantiated handler with the limits it runs under.
@@ -116,6 +193,19 @@ pub fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>, LoadError> {
     Ok(bytes)
 }
 
+/// The contract's interfaces a component imports (`producer-api`, `runtime`, any version).
+fn contract_imports<'a>(engine: &'a WasmEngine, component: &'a Component) -> impl Iterator<Item = String> + 'a {
+    component
+        .component_type()
+        .imports(engine.engine())
+        .map(|(name, _)| name.to_string())
+        .filter(|name| {
+            name.starts_with("kafka-wasm:handler/producer-api") || name.starts_with("kafka-wasm:handler/runtime")
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
 const WASM_MAGIC: &[u8; 4] = b"\0asm";
 const CORE_MODULE_VERSION: [u8; 4] = [1, 0, 0, 0];
 
@@ -146,14 +236,17 @@ impl HandlerModule {
         let component = Component::new(engine.engine(), bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         let instance_pre =
             engine.linker().instantiate_pre(&component).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        // A component that exports `handle-packed` targets `packed-batch-handler`, one that
-        // exports `handle-batch` targets `batch-handler`; any other must at least target `handler`.
-        let pre = if let Ok(pre) = PackedBatchHandlerPre::new(instance_pre.clone()) {
-            Pre::Packed(pre)
-        } else if let Ok(pre) = BatchHandlerPre::new(instance_pre.clone()) {
+        // Decided once, from what the component exports: `batch` makes a pure batch handler,
+        // `record-handler` a handler; a bare `handle` is a 0.1.x handler.
+        let pre = if let Ok(pre) = BatchHandlerPre::new(instance_pre.clone()) {
+            if let Some(import) = contract_imports(engine, &component).next() {
+                return Err(LoadError::ImpureBatch(import));
+            }
             Pre::Batch(pre)
+        } else if let Ok(pre) = HandlerPre::new(instance_pre.clone()) {
+            Pre::Record(pre)
         } else {
-            Pre::Single(HandlerPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?)
+            Pre::Legacy(LegacyHandlerPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?)
         };
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
         Ok(Self { inner: Arc::new(Inner { engine: engine.clone(), pre, digest, size }), limits: Arc::new(limits) })
@@ -188,17 +281,17 @@ impl HandlerModule {
         &self.inner.pre
     }
 
-    /// Whether the component takes batches (targets `packed-batch-handler` or `batch-handler`).
+    /// Whether the component takes batches (a pure `batch-handler`).
     pub fn supports_batches(&self) -> bool {
-        !matches!(self.inner.pre, Pre::Single(_))
+        matches!(self.inner.pre, Pre::Batch(_))
     }
 
     /// The contract world the component targets.
     pub fn world(&self) -> &'static str {
         match self.inner.pre {
-            Pre::Single(_) => "handler",
-            Pre::Batch(_) => "batch-handler",
-            Pre::Packed(_) => "packed-batch-handler",
+            Pre::Record(_) => "handler@0.2",
+            Pre::Batch(_) => "batch-handler@0.2",
+            Pre::Legacy(_) => "handler@0.1",
         }
     }
 
