@@ -119,6 +119,16 @@ pub fn read_settings_file(path: &std::path::Path) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text", path.display()))
 }
 
+/// `CACHE_DIR`: where compiled components are kept; `none` keeps none (every load compiles);
+/// unset, a directory of the system's temporary directory.
+pub fn cache_dir(env: &Env) -> Option<PathBuf> {
+    match env.get("CACHE_DIR") {
+        Some("none") => None,
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => Some(crate::runtime::config::default_cache_dir()),
+    }
+}
+
 /// What a drain must leave of the consumer's `max.poll.interval.ms` (the commit after it, and
 /// leaving or rejoining the group).
 pub const DRAIN_MARGIN: Duration = Duration::from_secs(5);
@@ -201,6 +211,7 @@ pub const VARIABLES: &[&str] = &[
     "DLQ_RETENTION_MS",
     "APP_ENV",
     common::auth::VARIABLE,
+    "CACHE_DIR",
 ];
 
 /// The longest a record may wait in a retry topic (the largest `retry_topic_delay_max_ms`).
@@ -233,6 +244,7 @@ impl HostConfig {
                 engine_defaults.max_memory_bytes,
                 1 << 20..=4 << 30,
             ),
+            cache_dir: cache_dir(env),
             ..engine_defaults
         };
 

@@ -163,14 +163,17 @@ fn healthcheck(port: u16) -> anyhow::Result<ExitCode> {
 
 fn run_check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     let engine = check::cli_engine()?;
+    let started = std::time::Instant::now();
     let module = check::load(&engine, file, HandlerLimits::default())
         .with_context(|| format!("{} is not a valid handler", file.display()))?;
+    let how = if engine.cache_hits() > 0 { "loaded from the compilation cache" } else { "compiled" };
     println!(
-        "ok: {} implements kafka-wasm:{} ({}, {} bytes)",
+        "ok: {} implements kafka-wasm:{} ({}, {} bytes; {how} in {} ms)",
         file.display(),
         module.world(),
         module.digest(),
-        module.size()
+        module.size(),
+        started.elapsed().as_millis()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -144,7 +144,14 @@ pub struct CallSummary {
 impl Invocation {
     /// The report of a call that came to `outcome`, with what its record's scope collected.
     pub fn of(outcome: Outcome, scope: crate::runtime::state::RecordScope, duration: Duration) -> Self {
-        Self { outcome, events: scope.events, calls: scope.calls, dropped: scope.dropped, duration }
+        Self {
+            outcome,
+            events: scope.events,
+            calls: scope.calls,
+            dropped: scope.dropped,
+            duration,
+            stderr: scope.stderr,
+        }
     }
 }
 
@@ -161,6 +168,8 @@ pub struct Invocation {
     pub dropped: u32,
     /// Wall time of the call, instantiation included.
     pub duration: Duration,
+    /// What the guest wrote to its standard error while handling the record (bounded).
+    pub stderr: Option<String>,
 }
 
 #[cfg(test)]

@@ -201,3 +201,41 @@ async fn check_and_invoke_refuse_a_device_or_an_oversized_file_without_reading_i
         assert_eq!(limits.status.code(), Some(2), "a settings file too: {limits:?}");
     }
 }
+
+#[tokio::test]
+async fn a_second_check_of_a_component_loads_it_from_the_compilation_cache() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let check = || async {
+        Command::new(env!("CARGO_BIN_EXE_host"))
+            .args(["check", handler("issued-token").to_str().expect("utf8")])
+            .env("CACHE_DIR", cache.path().join("compiled"))
+            .output()
+            .await
+            .expect("run host")
+    };
+    let first = check().await;
+    assert!(String::from_utf8_lossy(&first.stdout).contains("; compiled in"), "{first:?}");
+    let second = check().await;
+    assert!(String::from_utf8_lossy(&second.stdout).contains("loaded from the compilation cache"), "{second:?}");
+}
+
+#[tokio::test]
+async fn invoke_shows_what_the_handler_wrote_to_its_standard_error() {
+    let out = host(&[
+        "invoke",
+        "--handler",
+        fixture("hostile").to_str().expect("utf8"),
+        "--topic",
+        "t",
+        "--key",
+        "stderr",
+        "--value",
+        "0",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v = json_line(&out);
+    assert_eq!(v["outcome"], "trap");
+    let stderr = v["stderr"].as_str().expect("the handler's stderr in the report");
+    assert!(stderr.contains("Traceback") && stderr.contains("after writing to stderr"), "{stderr}");
+}

@@ -432,3 +432,108 @@ async fn a_batch_whose_results_pass_what_one_call_may_pass_the_host_is_redone_re
     let alone = worker.invoke(&records[0]).await;
     assert_eq!((alone.outcome, alone.events.len(), alone.dropped), (Outcome::Ok, 64, 936), "alone, the caps apply");
 }
+
+#[tokio::test]
+async fn a_guests_wasi_http_request_is_refused() {
+    let stub = StubProducer::start().await;
+    let authority = stub.url.trim_start_matches("http://").to_string();
+    let mut worker = hostile_worker(HandlerLimits::default(), ProducerClient::unconfigured());
+    let (escaped, detail) = probe(&misdeed(&mut worker, "http", &authority).await);
+    assert!(!escaped, "wasi:http reached {authority}: {detail}");
+    assert!(detail.contains("HttpRequestDenied"), "{detail}");
+    assert!(stub.seen().is_empty(), "nothing reached the server");
+}
+
+#[tokio::test]
+async fn a_guests_standard_error_reaches_the_invocation_and_is_bounded() {
+    let mut worker = hostile_worker(HandlerLimits::default(), ProducerClient::unconfigured());
+    let inv = misdeed(&mut worker, "stderr", "10").await;
+    assert!(matches!(inv.outcome, Outcome::Trap(_)), "{:?}", inv.outcome);
+    let stderr = inv.stderr.expect("the guest's standard error");
+    assert!(stderr.starts_with("Traceback (most recent call last)"), "{stderr}");
+    assert!(stderr.contains("after writing to stderr"), "the panic's message too: {stderr}");
+    let inv = misdeed(&mut worker, "stderr", "1000000").await;
+    let stderr = inv.stderr.expect("the guest's standard error");
+    assert!(stderr.len() < 17 * 1024 && stderr.contains("bytes more)"), "bounded: {} bytes", stderr.len());
+    assert_eq!(misdeed(&mut worker, "ok", "").await.stderr, None, "nothing carried to the next record");
+}
+
+#[tokio::test]
+async fn a_component_is_compiled_once_and_a_corrupt_cache_entry_is_compiled_again() {
+    use host::runtime::{EngineConfig, WasmEngine};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let engine = || {
+        std::sync::Arc::new(
+            WasmEngine::new(EngineConfig {
+                max_instances: 4,
+                cache_dir: Some(cache.clone()),
+                ..EngineConfig::default()
+            })
+            .expect("engine"),
+        )
+    };
+    let first = engine();
+    load(&first, &fixture("hostile"), HandlerLimits::default());
+    assert_eq!(first.cache_hits(), 0, "compiled the first time");
+    let second = engine();
+    load(&second, &fixture("hostile"), HandlerLimits::default());
+    assert_eq!(second.cache_hits(), 1, "a second engine (another process) finds it compiled");
+
+    // Another component's entry put in its place: a valid entry, compressed and loadable, with
+    // the wrong machine code. And, in the next check, bytes flipped in the middle of one.
+    let hostile_entries = entries_of(&cache);
+    load(&second, &fixture("trivial"), HandlerLimits::default());
+    let trivial_entry = entries_of(&cache).into_iter().find(|e| !hostile_entries.contains(e)).expect("trivial's entry");
+    for entry in &hostile_entries {
+        std::fs::copy(&trivial_entry, entry).expect("swap");
+    }
+    std::fs::write(trivial_entry.with_file_name("planted"), b"machine code from elsewhere").expect("plant");
+    let third = engine();
+    assert!(!trivial_entry.with_file_name("planted").exists(), "an entry no manifest names is removed");
+    let module = load(&third, &fixture("hostile"), HandlerLimits::default());
+    assert_eq!(third.cache_hits(), 0, "the swapped entry was not used: compiled again");
+    let mut worker = Worker::new(module, ProducerClient::unconfigured());
+    let described = worker.invoke(&record("t", "describe", "")).await;
+    assert_eq!((described.outcome, described.events.len()), (Outcome::Ok, 1), "hostile's own code runs");
+    for entry in entries_of(&cache) {
+        let mut bytes = std::fs::read(&entry).expect("read");
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&entry, bytes).expect("write");
+    }
+    let flipped = engine();
+    load(&flipped, &fixture("hostile"), HandlerLimits::default());
+    assert_eq!(flipped.cache_hits(), 0, "a flipped byte: compiled again");
+    let fourth = engine();
+    load(&fourth, &fixture("hostile"), HandlerLimits::default());
+    assert_eq!(fourth.cache_hits(), 1, "the entry written again is trusted again");
+}
+
+#[test]
+fn a_cache_directory_others_may_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let engine = host::runtime::WasmEngine::new(host::runtime::EngineConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..host::runtime::EngineConfig::default()
+    });
+    let error = engine.expect_err("a world-writable cache directory").to_string();
+    assert!(error.contains("others may write it"), "{error}");
+}
+
+/// The compiled entries of a cache directory (not wasmtime's usage statistics).
+fn entries_of(cache: &std::path::Path) -> Vec<std::path::PathBuf> {
+    walk(&cache.join("wasmtime")).into_iter().filter(|p| !p.to_string_lossy().ends_with(".stats")).collect()
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
+    }
+    out
+}

@@ -5,9 +5,11 @@ use crate::runtime::{EngineConfig, HandlerLimits, HandlerModule, LoadError, Wasm
 use std::path::Path;
 use std::sync::Arc;
 
-/// Engine settings for one-shot CLI use: a small pool.
+/// Engine settings for one-shot CLI use: a small pool, and the compilation cache `CACHE_DIR`
+/// names (as the service does), so a second run of the same component does not compile it again.
 pub fn cli_engine() -> anyhow::Result<Arc<WasmEngine>> {
-    Ok(Arc::new(WasmEngine::new(EngineConfig { max_instances: 4, ..EngineConfig::default() })?))
+    let cache_dir = crate::config::cache_dir(&common::env::Env::from_process());
+    Ok(Arc::new(WasmEngine::new(EngineConfig { max_instances: 4, cache_dir, ..EngineConfig::default() })?))
 }
 
 /// Loads `path` as a handler with `limits`.

@@ -21,6 +21,9 @@ pub struct InvokeReport<'a> {
     pub dropped: u32,
     /// Wall time of the call, instantiation included.
     pub duration_us: u128,
+    /// What the handler wrote to its standard error (a traceback, an exception), when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<&'a str>,
 }
 
 /// One event in the report; the payload is embedded as JSON when it parses as JSON.
@@ -50,6 +53,7 @@ impl<'a> InvokeReport<'a> {
             calls: &invocation.calls,
             dropped: invocation.dropped,
             duration_us: invocation.duration.as_micros(),
+            stderr: invocation.stderr.as_deref(),
         }
     }
 }

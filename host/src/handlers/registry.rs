@@ -42,7 +42,14 @@ impl NativeHandler {
     pub fn invoke(&self, record: &Record) -> Invocation {
         let started = std::time::Instant::now();
         let outcome = (self.logic)(record);
-        Invocation { outcome, events: Vec::new(), calls: Vec::new(), dropped: 0, duration: started.elapsed() }
+        Invocation {
+            outcome,
+            events: Vec::new(),
+            calls: Vec::new(),
+            dropped: 0,
+            duration: started.elapsed(),
+            stderr: None,
+        }
     }
 
     /// Runs the logic on each of `records`, in order, as a batch handler does: one invocation

@@ -481,6 +481,10 @@ async fn handle(
         };
 
         let outcome = invocation.outcome;
+        if let Some(stderr) = &invocation.stderr {
+            // The handler's own diagnostics (a traceback, an exception): escaped by the log.
+            tracing::warn!(target: "handler", record = %At(&record), outcome = outcome.label(), "stderr: {stderr}");
+        }
         state.outcomes[outcome.index()].inc();
         state.duration.observe(invocation.duration.as_secs_f64());
         if invocation.dropped > 0 {

@@ -190,6 +190,12 @@ impl HandlerLimits {
 /// log lines and reasons a handler writes longer than the host keeps.
 pub const HOSTCALL_MARGIN: u64 = 1 << 20;
 
+/// The compilation cache's directory when `CACHE_DIR` is not set: one per user, in the system's
+/// temporary directory.
+pub fn default_cache_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join("kafka-wasm-host-cache")
+}
+
 /// Engine-wide settings, fixed for the life of the process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -201,6 +207,8 @@ pub struct EngineConfig {
     pub epoch_tick: Duration,
     /// Largest `.wasm` file accepted.
     pub max_component_bytes: u64,
+    /// Where compiled components are kept (see `runtime::cache`); `None`: compiled at each load.
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -210,6 +218,7 @@ impl Default for EngineConfig {
             max_memory_bytes: 256 * 1024 * 1024,
             epoch_tick: Duration::from_millis(5),
             max_component_bytes: 64 * 1024 * 1024,
+            cache_dir: None,
         }
     }
 }

@@ -1,8 +1,10 @@
-//! The sandbox: a wasmtime engine shared by every handler ([`engine`]), handlers compiled and
+//! The sandbox: a wasmtime engine shared by every handler ([`engine`]), compiled components kept
+//! on disk ([`cache`]), handlers compiled and
 //! checked once ([`module`]), the imports whose arguments a guest sizes ([`imports`]), batches packed for `handle-batch` ([`packed`]), per-partition
 //! runners that apply the instance policy and limits ([`worker`]), the store data and host
 //! imports ([`state`]), and the named limits ([`config`]).
 
+pub mod cache;
 pub mod config;
 pub mod engine;
 mod imports;

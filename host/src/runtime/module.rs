@@ -233,7 +233,7 @@ impl HandlerModule {
                     .into(),
             ));
         }
-        let component = Component::new(engine.engine(), bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let component = engine.compile(bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         let instance_pre =
             engine.linker().instantiate_pre(&component).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         // Decided once, from what the component exports: `batch` makes a pure batch handler,

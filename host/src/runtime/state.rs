@@ -38,6 +38,8 @@ pub struct RecordScope {
     /// A producer call was cut short by the deadline: the record's outcome is `timeout`,
     /// whatever the guest answers afterwards.
     pub deadline_hit: bool,
+    /// What the guest wrote to its standard error (see [`GuestStderr`]).
+    pub stderr: Option<String>,
 }
 
 impl RecordScope {
@@ -139,9 +141,81 @@ impl wasmtime::ResourceLimiter for MemoryCap {
     }
 }
 
+/// The most a guest's standard error keeps per record; more is counted, not kept.
+pub const MAX_STDERR_BYTES: usize = 16 * 1024;
+
+/// A guest's standard error, kept per record up to [`MAX_STDERR_BYTES`] so that a Python
+/// traceback or a JavaScript exception message reaches the handler's author (the host's log,
+/// `host invoke`'s output). Writes never fail: past the cap they are counted.
+#[derive(Debug, Clone, Default)]
+pub struct GuestStderr(Arc<std::sync::Mutex<(Vec<u8>, usize)>>);
+
+impl GuestStderr {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<u8>, usize)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What was written since the last call, as text (`None` when nothing was).
+    pub fn take(&self) -> Option<String> {
+        let mut kept = self.lock();
+        let (bytes, dropped) = std::mem::take(&mut *kept);
+        if bytes.is_empty() {
+            return None;
+        }
+        let mut text = String::from_utf8_lossy(&bytes).trim_end().to_string();
+        if dropped > 0 {
+            text.push_str(&format!("… ({dropped} bytes more)"));
+        }
+        Some(text)
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for GuestStderr {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for GuestStderr {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl tokio::io::AsyncWrite for GuestStderr {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut kept = self.lock();
+        let room = MAX_STDERR_BYTES.saturating_sub(kept.0.len()).min(buf.len());
+        kept.0.extend_from_slice(&buf[..room]);
+        kept.1 += buf.len() - room;
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 /// The store data of one handler instance.
 pub struct HostState {
     wasi: WasiCtx,
+    stderr: GuestStderr,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    refuse_http: RefuseHttp,
     table: ResourceTable,
     /// Linear-memory cap.
     pub memory: MemoryCap,
@@ -161,9 +235,11 @@ impl std::fmt::Debug for HostState {
 
 impl HostState {
     /// A fresh state with an empty WASI context: no preopened directory, no environment, no
-    /// arguments, no stdin, stdout discarded, no network.
+    /// arguments, no stdin, stdout discarded, stderr kept per record, no network.
     pub fn new(limits: Arc<HandlerLimits>, producer: ProducerClient) -> Self {
+        let stderr = GuestStderr::default();
         let wasi = WasiCtx::builder()
+            .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -176,6 +252,9 @@ impl HostState {
         let max_bytes = usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX);
         Self {
             wasi,
+            stderr,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            refuse_http: RefuseHttp,
             table,
             memory: MemoryCap::new(max_bytes),
             limits,
@@ -193,9 +272,11 @@ impl HostState {
         self.memory.exceeded = false;
     }
 
-    /// Ends the record: what its scope collected.
+    /// Ends the record: what its scope collected, its standard error included.
     pub fn take_scope(&mut self) -> RecordScope {
-        std::mem::take(&mut self.scope)
+        let mut scope = std::mem::take(&mut self.scope);
+        scope.stderr = self.stderr.take();
+        scope
     }
 
     /// Keeps the events a batch handler returned for the current record, under the same caps
@@ -220,6 +301,40 @@ pub(super) fn valid_event_kind(kind: &str) -> bool {
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// `wasi:http`, linked so that toolchains whose output imports it (a default ComponentizeJS
+/// build) instantiate: every outgoing request is refused. The producer API is a handler's one
+/// way out.
+#[derive(Debug, Default)]
+struct RefuseHttp;
+
+impl wasmtime_wasi_http::WasiHttpHooks for RefuseHttp {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                )>,
+            > + Send,
+    > {
+        Box::new(std::future::ready(Err(wasmtime_wasi_http::Error::HttpRequestDenied)))
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            hooks: &mut self.refuse_http,
+            table: &mut self.table,
+            ctx: &mut self.http,
+        }
     }
 }
 

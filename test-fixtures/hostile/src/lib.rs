@@ -131,6 +131,34 @@ impl handler_sdk::Guest for Hostile {
                 publish_event("random", &bytes.len().to_string());
                 Ok(())
             }
+            // An outgoing request through wasi:http (to the value's authority), as a default
+            // ComponentizeJS build could make: the host must refuse it.
+            "http" => {
+                use wasip2::http::{outgoing_handler, types};
+                let request = types::OutgoingRequest::new(types::Fields::new());
+                let _ = request.set_scheme(Some(&types::Scheme::Http));
+                let _ = request.set_authority(Some(&value_str(record)));
+                let _ = request.set_path_with_query(Some("/"));
+                let answer = match outgoing_handler::handle(request, None) {
+                    Err(code) => format!("refused at once: {code:?}"),
+                    Ok(future) => {
+                        future.subscribe().block();
+                        match future.get() {
+                            Some(Ok(Ok(response))) => format!("answered {}", response.status()),
+                            other => format!("refused: {other:?}"),
+                        }
+                    }
+                };
+                probe(answer.starts_with("answered"), answer);
+                Ok(())
+            }
+            // Writes to standard error (a first line, then the value's number of bytes), then
+            // panics, whose message goes to standard error too.
+            "stderr" => {
+                eprintln!("Traceback (most recent call last): the handler failed on purpose");
+                eprint!("{}", "x".repeat(value_str(record).parse().unwrap_or(0)));
+                panic!("after writing to stderr");
+            }
             // Text meant to pass for the host's own log lines: logged, then given as a reason.
             "forge" => {
                 log(Level::Warn, &value_str(record));
