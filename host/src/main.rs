@@ -21,7 +21,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the consumer service (configured by environment variables; see the README).
+    /// Run the consumer service (configured by environment variables; see docs/operating.md).
     Run,
     /// Exit 0 when the local host's /healthz answers (for container health checks).
     Healthcheck {

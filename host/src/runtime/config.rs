@@ -23,9 +23,9 @@ pub enum InstancePolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HandlerLimits {
-    /// Wall-clock limit for one record, producer calls included (enforced by epoch deadline while
-    /// the guest runs and by capping host calls to the time left). In a batch it restarts with
-    /// each record.
+    /// Wall-clock limit for one call: a record, producer calls and anything the guest waits on
+    /// included (enforced by epoch deadline in guest code, by capping host calls to the time
+    /// left, and by cutting off a call still waiting past it). A batch's records share one.
     pub call_timeout_ms: u64,
     /// Cap on the guest's linear memory, in bytes.
     pub max_memory_bytes: u64,
