@@ -1,11 +1,13 @@
 //! Build helpers shared by the `cargo xtask` commands and by tests that need compiled components:
-//! the wasm32-wasip2 target check and the builds of the handler and fixture workspaces.
+//! the wasm32-wasip2 target check and the builds of the handler and fixture workspaces, and of the
+//! Python and JavaScript handlers (`languages`).
 
 pub mod attack;
 pub mod bench;
 pub mod demo;
 pub mod deploy;
 pub mod e2e;
+pub mod languages;
 pub mod ledger;
 
 use anyhow::{Context, bail};
@@ -92,9 +94,16 @@ pub fn build_components(workspace: &str) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-/// Builds the handlers into `target/handlers/` and returns that directory.
+/// Builds the handlers into `target/handlers/` and returns that directory: the Rust ones as
+/// `<name>.wasm`, the Python and JavaScript ones as `python/<name>.wasm` and `js/<name>.wasm`
+/// (those only when their sources, `wit/` or toolchain changed; see [`languages`]).
 pub fn build_handlers() -> anyhow::Result<PathBuf> {
-    build_components("handlers")
+    let dir = build_components("handlers")?;
+    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    for language in languages::Language::ALL {
+        languages::build(language)?;
+    }
+    Ok(dir)
 }
 
 /// Builds the sandbox test fixtures into `target/test-fixtures/` and returns that directory.
