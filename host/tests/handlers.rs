@@ -1,175 +1,454 @@
-//! The two business handlers, each outcome, through the real runtime against a stub producer.
+//! The two business handlers, as written in each language (Rust, Python, JavaScript), each outcome
+//! through the real runtime against a stub producer. One table of records: for each, every
+//! language must come to the same outcome, make the same producer calls (same bodies, same
+//! idempotency keys) and publish the same events. Then `host invoke` on the Python and JavaScript
+//! builds.
 
 mod support;
 
 use host::producer_api::ProducerClient;
-use host::record::{Invocation, Outcome, Record};
-use host::runtime::{HandlerLimits, Worker};
-use support::{StubProducer, TokenMode, engine, handler, load, record};
+use host::record::{CallSummary, Event, Outcome};
+use host::runtime::{HandlerLimits, HandlerModule, Worker};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use support::{StubProducer, TokenMode, cached_engine, compile_cache_dir, load, record};
 
 const USER_ID: &str = "0194f3a2-7b1c-7d3e-9f00-123456789abc";
+const OTHER_USER_ID: &str = "0194f3a2-0000-7000-8000-000000000000";
 
-fn user_json() -> String {
-    serde_json::json!({"id": USER_ID, "name": "Ada", "email": "ada@example.com", "created_at": "2026-11-26T13:00:00Z"})
-        .to_string()
+/// The languages the handlers are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Language {
+    Rust,
+    Python,
+    JavaScript,
 }
 
-fn token_json(token: &str) -> String {
-    serde_json::json!({"user_id": USER_ID, "token": token, "issued_at": "2026-11-26T13:00:00Z", "expires_at": "2026-11-27T13:00:00.250Z"})
-        .to_string()
-}
+impl Language {
+    /// Rust first: the others are compared with it.
+    const ALL: [Self; 3] = [Self::Rust, Self::Python, Self::JavaScript];
 
-async fn run(name: &str, producer: ProducerClient, record: &Record) -> Invocation {
-    let engine = engine();
-    let module = load(&engine, &handler(name), HandlerLimits::default());
-    Worker::new(module, producer).invoke(record).await
-}
-
-fn client(stub: &StubProducer) -> ProducerClient {
-    ProducerClient::new(&stub.url).expect("stub url")
-}
-
-fn assert_reject(inv: &Invocation, needle: &str) {
-    match &inv.outcome {
-        Outcome::Reject(reason) => assert!(reason.contains(needle), "reason {reason:?} should mention {needle:?}"),
-        other => panic!("expected reject mentioning {needle:?}, got {other:?}"),
+    fn component(self, name: &str) -> PathBuf {
+        match self {
+            Self::Rust => support::handler(name),
+            Self::Python => support::python_handler(name),
+            Self::JavaScript => support::js_handler(name),
+        }
     }
 }
 
-fn assert_retry(inv: &Invocation) {
-    assert!(matches!(inv.outcome, Outcome::Retry(_)), "expected retry, got {:?}", inv.outcome);
+/// Where a handler's producer calls go.
+#[derive(Debug, Clone, Copy)]
+enum Producer {
+    /// The stub, answering token issuance as told.
+    Stub(TokenMode),
+    /// No producer URL configured.
+    Unconfigured,
+    /// A port nobody listens on: connection refused.
+    Closed,
 }
 
-#[tokio::test]
-async fn new_user_issues_first_token_and_announces_the_user() {
-    let stub = StubProducer::start().await;
-    let inv = run("new-user-created", client(&stub), &record("new-user-created", USER_ID, &user_json())).await;
-    assert_eq!(inv.outcome, Outcome::Ok);
-
-    let seen = stub.seen();
-    assert_eq!(seen.len(), 1, "exactly one producer call: {seen:?}");
-    assert_eq!(seen[0].method, "POST");
-    assert_eq!(seen[0].uri, "/producer-svc/tokens");
-    let body: serde_json::Value = serde_json::from_slice(&seen[0].body).expect("json body");
-    assert_eq!(body, serde_json::json!({"user_id": USER_ID}));
-    assert_eq!(
-        support::key_without_digest(seen[0].headers["idempotency-key"].to_str().expect("ascii")),
-        "new-user-created:3:42:1"
-    );
-    assert_eq!(seen[0].headers["content-type"], "application/json");
-
-    assert_eq!(inv.events.len(), 1);
-    assert_eq!(inv.events[0].kind, "user-created");
-    let payload: serde_json::Value = serde_json::from_str(&inv.events[0].payload).expect("json payload");
-    assert_eq!(payload["id"], USER_ID);
-    assert_eq!(payload["email"], "ada@example.com");
-    assert_eq!((inv.events[0].partition, inv.events[0].offset), (3, 42));
+/// The outcome a case expects; a retry's or a reject's reason contains the text given.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    Ok,
+    Retry(&'static str),
+    Reject(&'static str),
 }
 
-#[tokio::test]
-async fn new_user_rejects_malformed_and_incomplete_users_without_calling_the_producer() {
+struct Case {
+    handler: &'static str,
+    /// What the handler does with the record, as a sentence.
+    does: &'static str,
+    /// The record's value; `None` for a tombstone.
+    value: Option<String>,
+    producer: Producer,
+    outcome: Expect,
+    /// The producer calls, each a POST: path and status (`None`: no response).
+    calls: &'static [(&'static str, Option<u16>)],
+    /// The events published: kind and payload.
+    events: Vec<(&'static str, Value)>,
+}
+
+/// What one language's handler did with a case's record (all of it but the reason, which each
+/// language's JSON parser words its own way).
+#[derive(Debug, PartialEq)]
+struct Observed {
+    outcome: &'static str,
+    calls: Vec<CallSummary>,
+    events: Vec<Event>,
+    /// What reached the stub: method, URI, content type, idempotency key and body.
+    requests: Vec<(String, String, String, String, Vec<u8>)>,
+}
+
+fn user() -> Value {
+    json!({"id": USER_ID, "name": "Ada", "email": "ada@example.com", "created_at": "2026-11-26T13:00:00Z"})
+}
+
+fn token(token: &str) -> Value {
+    json!({"user_id": USER_ID, "token": token, "issued_at": "2026-11-26T13:00:00Z", "expires_at": "2026-11-27T13:00:00.250Z"})
+}
+
+/// `value` with `field` set to `to`, or removed when `to` is `None`, as the record's value.
+fn with(mut value: Value, field: &str, to: Option<Value>) -> Option<String> {
+    let object = value.as_object_mut().expect("an object");
+    match to {
+        Some(to) => object.insert(field.to_string(), to),
+        None => object.remove(field),
+    };
+    Some(value.to_string())
+}
+
+/// A case that publishes no event.
+fn case(
+    handler: &'static str,
+    does: &'static str,
+    value: Option<String>,
+    producer: Producer,
+    outcome: Expect,
+    calls: &'static [(&'static str, Option<u16>)],
+) -> Case {
+    Case { handler, does, value, producer, outcome, calls, events: vec![] }
+}
+
+fn cases() -> Vec<Case> {
+    const TOKENS: &str = "/producer-svc/tokens";
+    const VERIFY: &str = "/producer-svc/tokens/verify";
+    let created = Producer::Stub(TokenMode::Created);
+    let shouting = json!({"id": USER_ID.to_uppercase(), "name": "Ada", "email": "ada@example.com", "created_at": "2026-11-26t13:00:00.5+00:00"});
+    let new_user =
+        |does, value, producer, outcome, calls| case("new-user-created", does, value, producer, outcome, calls);
+    let issued = |does, value, producer, outcome, calls| case("issued-token", does, value, producer, outcome, calls);
+    vec![
+        Case {
+            events: vec![("user-created", user())],
+            ..new_user(
+                "issues the user's first token and announces the user",
+                Some(user().to_string()),
+                created,
+                Expect::Ok,
+                &[(TOKENS, Some(201))],
+            )
+        },
+        new_user(
+            "rejects a value that is not JSON",
+            Some("{not json".into()),
+            created,
+            Expect::Reject("malformed value"),
+            &[],
+        ),
+        new_user(
+            "rejects a user without an email",
+            with(user(), "email", None),
+            created,
+            Expect::Reject("missing field `email`"),
+            &[],
+        ),
+        new_user(
+            "rejects a user with a field it does not know",
+            with(user(), "role", Some(json!("admin"))),
+            created,
+            Expect::Reject("unknown field `role`"),
+            &[],
+        ),
+        new_user(
+            "rejects an id that is not a string",
+            with(user(), "id", Some(json!(42))),
+            created,
+            Expect::Reject("invalid type"),
+            &[],
+        ),
+        new_user(
+            "rejects an id that is not a UUID",
+            with(user(), "id", Some(json!("42"))),
+            created,
+            Expect::Reject(r#"id "42" is not a UUID"#),
+            &[],
+        ),
+        new_user(
+            "rejects a blank name",
+            with(user(), "name", Some(json!(" "))),
+            created,
+            Expect::Reject("name is empty"),
+            &[],
+        ),
+        new_user(
+            "rejects an email without an at sign",
+            with(user(), "email", Some(json!("nope"))),
+            created,
+            Expect::Reject(r#"email "nope" is not an address"#),
+            &[],
+        ),
+        new_user(
+            "rejects a creation time that is not an RFC 3339 UTC timestamp",
+            with(user(), "created_at", Some(json!("yesterday"))),
+            created,
+            Expect::Reject(r#"created_at "yesterday" is not an RFC 3339 UTC timestamp"#),
+            &[],
+        ),
+        Case {
+            events: vec![("user-created", shouting.clone())],
+            ..new_user(
+                "accepts an uppercase UUID and a timestamp with a lowercase t and a +00:00 offset",
+                Some(shouting.to_string()),
+                created,
+                Expect::Ok,
+                &[(TOKENS, Some(201))],
+            )
+        },
+        new_user(
+            "rejects a creation time in another time zone",
+            with(user(), "created_at", Some(json!("2026-11-26T14:00:00+01:00"))),
+            created,
+            Expect::Reject(r#"created_at "2026-11-26T14:00:00+01:00" is not an RFC 3339 UTC timestamp"#),
+            &[],
+        ),
+        new_user(
+            "rejects a value nested too deep",
+            Some(format!("{}{}", "[".repeat(100_000), "]".repeat(100_000))),
+            created,
+            Expect::Reject("malformed value: "),
+            &[],
+        ),
+        new_user("rejects a tombstone", None, created, Expect::Reject("the record has no value (tombstone)"), &[]),
+        new_user(
+            "retries when the producer answers 503",
+            Some(user().to_string()),
+            Producer::Stub(TokenMode::Unavailable),
+            Expect::Retry("issuing the first token: producer answered 503: broker down"),
+            &[(TOKENS, Some(503))],
+        ),
+        // The producer still works on an earlier attempt with the same Idempotency-Key (its
+        // publish outlived the handler's call timeout): a 409 that passes.
+        new_user(
+            "retries when the producer is still busy with the same idempotency key",
+            Some(user().to_string()),
+            Producer::Stub(TokenMode::InProgress),
+            Expect::Retry("issuing the first token: producer answered 409: "),
+            &[(TOKENS, Some(409))],
+        ),
+        new_user(
+            "rejects when the producer refuses the request with 400",
+            Some(user().to_string()),
+            Producer::Stub(TokenMode::BadRequest),
+            Expect::Reject(r#"issuing the first token: producer answered 400: {"error":"bad user_id"}"#),
+            &[(TOKENS, Some(400))],
+        ),
+        new_user(
+            "retries when no producer is configured",
+            Some(user().to_string()),
+            Producer::Unconfigured,
+            Expect::Retry("issuing the first token: producer unreachable: no producer URL is configured"),
+            &[(TOKENS, None)],
+        ),
+        new_user(
+            "retries when the producer refuses the connection",
+            Some(user().to_string()),
+            Producer::Closed,
+            Expect::Retry("issuing the first token: producer unreachable: "),
+            &[(TOKENS, None)],
+        ),
+        Case {
+            events: vec![("token-verified", json!({"user_id": USER_ID, "expires_at": "2026-11-27T13:00:00.250Z"}))],
+            ..issued(
+                "verifies a valid token and announces it",
+                Some(token(&format!("valid-{USER_ID}")).to_string()),
+                created,
+                Expect::Ok,
+                &[(VERIFY, Some(200))],
+            )
+        },
+        issued(
+            "rejects an expired token",
+            Some(token("expired").to_string()),
+            created,
+            Expect::Reject("token is not valid: expired"),
+            &[(VERIFY, Some(200))],
+        ),
+        issued(
+            "rejects a token with a bad signature",
+            Some(token("forged").to_string()),
+            created,
+            Expect::Reject("token is not valid: bad signature"),
+            &[(VERIFY, Some(200))],
+        ),
+        issued(
+            "rejects a token that belongs to another user",
+            Some(token(&format!("valid-{OTHER_USER_ID}")).to_string()),
+            created,
+            Expect::Reject("token belongs to user"),
+            &[(VERIFY, Some(200))],
+        ),
+        issued(
+            "rejects a record with fields missing",
+            Some(r#"{"user_id":"x"}"#.into()),
+            created,
+            Expect::Reject("missing field `token`"),
+            &[],
+        ),
+        issued(
+            "rejects a user id that is not a UUID",
+            with(token("t"), "user_id", Some(json!("x"))),
+            created,
+            Expect::Reject(r#"user_id "x" is not a UUID"#),
+            &[],
+        ),
+        issued("rejects an empty token", Some(token("").to_string()), created, Expect::Reject("token is empty"), &[]),
+        issued(
+            "rejects an expiry that is not an RFC 3339 UTC timestamp",
+            with(token("t"), "expires_at", Some(json!("2026-11-27 13:00:00"))),
+            created,
+            Expect::Reject(r#"expires_at "2026-11-27 13:00:00" is not an RFC 3339 UTC timestamp"#),
+            &[],
+        ),
+        issued(
+            "retries when the producer fails with 500",
+            Some(token("boom").to_string()),
+            created,
+            Expect::Retry("verifying the token: producer answered 500: internal error"),
+            &[(VERIFY, Some(500))],
+        ),
+        issued(
+            "retries when no producer is configured",
+            Some(token("x").to_string()),
+            Producer::Unconfigured,
+            Expect::Retry("verifying the token: producer unreachable: no producer URL is configured"),
+            &[(VERIFY, None)],
+        ),
+    ]
+}
+
+/// Runs the case's record through `module`, with a stub of its own when the case has one.
+async fn observe(case: &Case, module: HandlerModule) -> (Observed, Option<String>) {
     let stub = StubProducer::start().await;
-    let cases = [
-        ("{not json", "malformed value"),
-        (r#"{"id":"0194f3a2-7b1c-7d3e-9f00-123456789abc","name":"Ada","created_at":"2026-11-26T13:00:00Z"}"#, "email"),
-        (r#"{"id":"42","name":"Ada","email":"a@b.c","created_at":"2026-11-26T13:00:00Z"}"#, "not a UUID"),
-        (
-            r#"{"id":"0194f3a2-7b1c-7d3e-9f00-123456789abc","name":" ","email":"a@b.c","created_at":"2026-11-26T13:00:00Z"}"#,
-            "name is empty",
-        ),
-        (
-            r#"{"id":"0194f3a2-7b1c-7d3e-9f00-123456789abc","name":"Ada","email":"nope","created_at":"2026-11-26T13:00:00Z"}"#,
-            "email",
-        ),
-        (
-            r#"{"id":"0194f3a2-7b1c-7d3e-9f00-123456789abc","name":"Ada","email":"a@b.c","created_at":"yesterday"}"#,
-            "created_at",
-        ),
-    ];
-    for (value, needle) in cases {
-        let inv = run("new-user-created", client(&stub), &record("new-user-created", "k", value)).await;
-        assert_reject(&inv, needle);
-        assert!(inv.events.is_empty());
+    let producer = match case.producer {
+        Producer::Stub(mode) => {
+            stub.set_mode(mode);
+            ProducerClient::new(&stub.url).expect("stub url")
+        }
+        Producer::Unconfigured => ProducerClient::unconfigured(),
+        Producer::Closed => ProducerClient::new("http://127.0.0.1:9").expect("url"),
+    };
+    let mut rec = record(case.handler, USER_ID, case.value.as_deref().unwrap_or_default());
+    rec.value = case.value.as_ref().map(|v| v.as_bytes().to_vec());
+    let inv = Worker::new(module, producer).invoke(&rec).await;
+    let header = |s: &support::Seen, name: &str| {
+        s.headers.get(name).map(|v| v.to_str().expect("ascii").to_string()).unwrap_or_default()
+    };
+    let requests = stub
+        .seen()
+        .iter()
+        .map(|s| {
+            (s.method.clone(), s.uri.clone(), header(s, "content-type"), header(s, "idempotency-key"), s.body.to_vec())
+        })
+        .collect();
+    let observed = Observed { outcome: inv.outcome.label(), calls: inv.calls, events: inv.events, requests };
+    (observed, inv.outcome.reason().map(str::to_string))
+}
+
+/// Checks what `language`'s handler did against the case.
+fn check(case: &Case, language: Language, observed: &Observed, reason: Option<&str>) {
+    let what = format!("{language:?} {} {}", case.handler, case.does);
+    match case.outcome {
+        Expect::Ok => assert_eq!(observed.outcome, Outcome::Ok.label(), "{what}: {reason:?}"),
+        Expect::Retry(needle) | Expect::Reject(needle) => {
+            let label = if matches!(case.outcome, Expect::Retry(_)) { "retry" } else { "reject" };
+            assert_eq!(observed.outcome, label, "{what}: {reason:?}");
+            let reason = reason.unwrap_or_default();
+            assert!(reason.contains(needle), "{what}: reason {reason:?} should contain {needle:?}");
+        }
     }
-    let mut tombstone = record("new-user-created", "k", "");
-    tombstone.value = None;
-    assert_reject(&run("new-user-created", client(&stub), &tombstone).await, "tombstone");
-    assert!(stub.seen().is_empty(), "no producer call for a rejected record");
-}
-
-#[tokio::test]
-async fn new_user_retries_when_the_producer_fails_or_is_busy_and_rejects_when_it_refuses() {
-    let stub = StubProducer::start().await;
-    stub.set_mode(TokenMode::Unavailable);
-    let inv = run("new-user-created", client(&stub), &record("new-user-created", "k", &user_json())).await;
-    assert_retry(&inv);
-    assert!(inv.events.is_empty(), "no event for a failed attempt");
-    assert_eq!(inv.calls[0].status, Some(503));
-
-    // The producer still works on an earlier attempt with the same Idempotency-Key (its
-    // publish outlived the handler's call timeout): a 409 that passes.
-    stub.set_mode(TokenMode::InProgress);
-    let inv = run("new-user-created", client(&stub), &record("new-user-created", "k", &user_json())).await;
-    assert_retry(&inv);
-    assert_eq!(inv.calls[0].status, Some(409));
-
-    stub.set_mode(TokenMode::BadRequest);
-    let inv = run("new-user-created", client(&stub), &record("new-user-created", "k", &user_json())).await;
-    assert_reject(&inv, "400");
-
-    let inv =
-        run("new-user-created", ProducerClient::unconfigured(), &record("new-user-created", "k", &user_json())).await;
-    assert_retry(&inv);
-
-    // A port nobody listens on: connection refused.
-    let closed = ProducerClient::new("http://127.0.0.1:9").expect("url");
-    let inv = run("new-user-created", closed, &record("new-user-created", "k", &user_json())).await;
-    assert_retry(&inv);
-}
-
-#[tokio::test]
-async fn issued_token_verifies_and_announces_valid_tokens() {
-    let stub = StubProducer::start().await;
-    let inv =
-        run("issued-token", client(&stub), &record("issued-token", USER_ID, &token_json(&format!("valid-{USER_ID}"))))
-            .await;
-    assert_eq!(inv.outcome, Outcome::Ok);
-    let seen = stub.seen();
-    assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].uri, "/producer-svc/tokens/verify");
-    assert_eq!(
-        support::key_without_digest(seen[0].headers["idempotency-key"].to_str().expect("ascii")),
-        "issued-token:3:42:1"
-    );
-    assert_eq!(inv.events.len(), 1);
-    assert_eq!(inv.events[0].kind, "token-verified");
-    let payload: serde_json::Value = serde_json::from_str(&inv.events[0].payload).expect("json");
-    assert_eq!(payload["user_id"], USER_ID);
-}
-
-#[tokio::test]
-async fn issued_token_rejects_invalid_expired_and_foreign_tokens() {
-    let stub = StubProducer::start().await;
-    for (token, needle) in [
-        ("expired", "expired"),
-        ("forged", "bad signature"),
-        ("valid-0194f3a2-0000-7000-8000-000000000000", "belongs to user"),
-    ] {
-        let inv = run("issued-token", client(&stub), &record("issued-token", USER_ID, &token_json(token))).await;
-        assert_reject(&inv, needle);
-        assert!(inv.events.is_empty());
+    let calls: Vec<_> = observed.calls.iter().map(|c| (c.method.as_str(), c.path.as_str(), c.status)).collect();
+    let expected: Vec<_> = case.calls.iter().map(|&(path, status)| ("POST", path, status)).collect();
+    assert_eq!(calls, expected, "{what}: calls");
+    let reached = case.calls.iter().filter(|(_, status)| status.is_some()).count();
+    assert_eq!(observed.requests.len(), reached, "{what}: requests that reached the stub");
+    for (method, uri, content_type, key, body) in &observed.requests {
+        assert_eq!((method.as_str(), content_type.as_str()), ("POST", "application/json"), "{what}");
+        assert_eq!(support::key_without_digest(key), format!("{}:3:42:1", case.handler), "{what}: {uri}");
+        let body: Value = serde_json::from_slice(body).expect("a JSON body");
+        let value: Value = serde_json::from_str(case.value.as_deref().unwrap_or_default()).expect("a JSON value");
+        let expected = match case.handler {
+            "new-user-created" => json!({"user_id": value["id"]}),
+            _ => json!({"token": value["token"]}),
+        };
+        assert_eq!(body, expected, "{what}: request body");
     }
-    let inv = run("issued-token", client(&stub), &record("issued-token", USER_ID, r#"{"user_id":"x"}"#)).await;
-    assert_reject(&inv, "malformed value");
+    let events: Vec<_> = observed
+        .events
+        .iter()
+        .map(|e| {
+            assert_eq!((e.topic.as_str(), e.partition, e.offset), (case.handler, 3, 42), "{what}: event origin");
+            (e.kind.as_str(), serde_json::from_str::<Value>(&e.payload).expect("a JSON payload"))
+        })
+        .collect();
+    let expected: Vec<_> = case.events.iter().map(|(kind, payload)| (*kind, payload.clone())).collect();
+    assert_eq!(events, expected, "{what}: events");
 }
 
 #[tokio::test]
-async fn issued_token_retries_on_producer_trouble() {
+async fn every_language_gives_each_record_the_same_outcome_calls_and_events() {
+    let engine = cached_engine("handlers");
+    let mut modules: HashMap<(Language, &str), HandlerModule> = HashMap::new();
+    for case in cases() {
+        let mut rust = None;
+        for language in Language::ALL {
+            let module = modules
+                .entry((language, case.handler))
+                .or_insert_with(|| load(&engine, &language.component(case.handler), HandlerLimits::default()))
+                .clone();
+            let (observed, reason) = observe(&case, module).await;
+            check(&case, language, &observed, reason.as_deref());
+            match &rust {
+                None => rust = Some(observed),
+                // The same calls byte for byte (bodies, idempotency keys) and the same events.
+                Some(rust) => assert_eq!(&observed, rust, "{language:?} {} {}: as Rust", case.handler, case.does),
+            }
+        }
+    }
+}
+
+/// `host invoke` of `handler` on `value`, with the producer at `producer_url` when given; its
+/// JSON line.
+async fn invoke(handler: &Path, value: &str, producer_url: Option<&str>, cache: &Path) -> Value {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_host"));
+    cmd.args(["invoke", "--handler", handler.to_str().expect("utf8"), "--topic", "new-user-created", "--value", value])
+        .env("CACHE_DIR", cache);
+    if let Some(url) = producer_url {
+        cmd.args(["--producer-url", url]);
+    }
+    let out = cmd.output().await.expect("run host");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "exactly one line: {stdout}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+#[tokio::test]
+async fn host_invoke_runs_the_python_and_javascript_handlers_and_prints_ok_reject_and_retry() {
+    let cache = compile_cache_dir("handlers-invoke");
     let stub = StubProducer::start().await;
-    let inv = run("issued-token", client(&stub), &record("issued-token", USER_ID, &token_json("boom"))).await;
-    assert_retry(&inv);
-    assert_eq!(inv.calls[0].status, Some(500));
-    let inv =
-        run("issued-token", ProducerClient::unconfigured(), &record("issued-token", USER_ID, &token_json("x"))).await;
-    assert_retry(&inv);
+    let value = user().to_string();
+    for handler in [support::python_handler("new-user-created"), support::js_handler("new-user-created")] {
+        let what = handler.display();
+        let v = invoke(&handler, &value, Some(&stub.url), &cache).await;
+        assert_eq!(v["outcome"], "ok", "{what}: {v}");
+        assert_eq!(v["reason"], Value::Null, "{what}");
+        assert_eq!(v["calls"], json!([{"method": "POST", "path": "/producer-svc/tokens", "status": 201}]), "{what}");
+        assert_eq!(v["events"], json!([{"kind": "user-created", "payload": user()}]), "{what}");
+
+        let v = invoke(&handler, "{not json", Some(&stub.url), &cache).await;
+        assert_eq!(v["outcome"], "reject", "{what}: {v}");
+        assert!(v["reason"].as_str().expect("reason").starts_with("malformed value: "), "{what}: {v}");
+        assert_eq!(v["calls"], json!([]), "{what}");
+
+        let v = invoke(&handler, &value, None, &cache).await;
+        assert_eq!(v["outcome"], "retry", "{what}: {v}");
+        assert_eq!(
+            v["reason"], "issuing the first token: producer unreachable: no producer URL is configured",
+            "{what}: {v}"
+        );
+        assert_eq!(v["events"], json!([]), "{what}");
+    }
 }

@@ -33,6 +33,16 @@ pub fn handler(name: &str) -> PathBuf {
     handlers_dir().join(format!("{name}.wasm"))
 }
 
+/// A Python handler component's path (`target/handlers/python/<name>.wasm`).
+pub fn python_handler(name: &str) -> PathBuf {
+    handlers_dir().join("python").join(format!("{name}.wasm"))
+}
+
+/// A JavaScript handler component's path (`target/handlers/js/<name>.wasm`).
+pub fn js_handler(name: &str) -> PathBuf {
+    handlers_dir().join("js").join(format!("{name}.wasm"))
+}
+
 /// A fixture component's path.
 pub fn fixture(name: &str) -> PathBuf {
     fixtures_dir().join(format!("{name}.wasm"))
@@ -41,6 +51,19 @@ pub fn fixture(name: &str) -> PathBuf {
 /// An engine with a small pool.
 pub fn engine() -> Arc<WasmEngine> {
     Arc::new(WasmEngine::new(EngineConfig { max_instances: 16, ..EngineConfig::default() }).expect("engine"))
+}
+
+/// `target/test-compile-cache/<name>`: where a test keeps compiled components across runs (a
+/// Python or JavaScript component takes seconds to compile, milliseconds to load from there). One
+/// per test: processes that share a cache directory delete each other's entries.
+pub fn compile_cache_dir(name: &str) -> PathBuf {
+    xtask::target_dir().join("test-compile-cache").join(name)
+}
+
+/// An engine with a small pool that keeps compiled components in `compile_cache_dir(name)`.
+pub fn cached_engine(name: &str) -> Arc<WasmEngine> {
+    let cache_dir = Some(compile_cache_dir(name));
+    Arc::new(WasmEngine::new(EngineConfig { max_instances: 16, cache_dir, ..EngineConfig::default() }).expect("engine"))
 }
 
 /// Loads `path` with `limits`.
