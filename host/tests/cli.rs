@@ -203,18 +203,21 @@ async fn check_and_invoke_refuse_a_device_or_an_oversized_file_without_reading_i
 }
 
 #[tokio::test]
-async fn a_second_check_of_a_component_loads_it_from_the_compilation_cache() {
-    let cache = tempfile::tempdir().expect("tempdir");
+async fn a_second_check_of_a_component_loads_it_from_the_compilation_cache_even_one_named_relative() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let component = std::fs::canonicalize(handler("issued-token")).expect("the handler");
     let check = || async {
         Command::new(env!("CARGO_BIN_EXE_host"))
-            .args(["check", handler("issued-token").to_str().expect("utf8")])
-            .env("CACHE_DIR", cache.path().join("compiled"))
+            .args(["check", component.to_str().expect("utf8")])
+            .env("CACHE_DIR", "compiled")
+            .current_dir(cwd.path())
             .output()
             .await
             .expect("run host")
     };
     let first = check().await;
     assert!(String::from_utf8_lossy(&first.stdout).contains("; compiled in"), "{first:?}");
+    assert!(cwd.path().join("compiled/manifest").is_file(), "the cache is under the working directory");
     let second = check().await;
     assert!(String::from_utf8_lossy(&second.stdout).contains("loaded from the compilation cache"), "{second:?}");
 }

@@ -510,6 +510,54 @@ async fn a_component_is_compiled_once_and_a_corrupt_cache_entry_is_compiled_agai
     assert_eq!(fourth.cache_hits(), 1, "the entry written again is trusted again");
 }
 
+#[tokio::test]
+async fn processes_sharing_a_cache_directory_keep_and_load_each_others_entries() {
+    use host::runtime::{EngineConfig, WasmEngine};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = || {
+        std::sync::Arc::new(
+            WasmEngine::new(EngineConfig {
+                max_instances: 4,
+                cache_dir: Some(dir.path().join("cache")),
+                ..EngineConfig::default()
+            })
+            .expect("engine"),
+        )
+    };
+    // Both open (and read the manifest) before either compiles, as two hosts started together.
+    let (a, b) = (engine(), engine());
+    load(&a, &fixture("hostile"), HandlerLimits::default());
+    load(&b, &fixture("trivial"), HandlerLimits::default());
+    assert_eq!((a.cache_hits(), b.cache_hits()), (0, 0), "each compiled its own");
+    load(&b, &fixture("hostile"), HandlerLimits::default());
+    assert_eq!(b.cache_hits(), 1, "b loads what a compiled: not taken for a planted entry");
+    load(&a, &fixture("trivial"), HandlerLimits::default());
+    assert_eq!(a.cache_hits(), 1, "a loads what b compiled, after b saved the manifest");
+    let c = engine();
+    load(&c, &fixture("hostile"), HandlerLimits::default());
+    load(&c, &fixture("trivial"), HandlerLimits::default());
+    assert_eq!(c.cache_hits(), 2, "the manifest names both: neither process overwrote the other's");
+}
+
+#[test]
+fn a_cache_directory_of_another_user_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // Another user's directory, as one made in /tmp before the host's first start.
+    if let Err(e) = std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)) {
+        assert!(!rustix::process::geteuid().is_root(), "root may give a directory away: {e}");
+        eprintln!("not run: only root can give a directory to another user ({e})");
+        return;
+    }
+    let engine = host::runtime::WasmEngine::new(host::runtime::EngineConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..host::runtime::EngineConfig::default()
+    });
+    let error = engine.expect_err("another user's cache directory").to_string();
+    assert!(error.contains("belongs to user 65534"), "{error}");
+}
+
 #[test]
 fn a_cache_directory_others_may_write_is_refused() {
     use std::os::unix::fs::PermissionsExt as _;

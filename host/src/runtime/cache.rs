@@ -8,8 +8,14 @@
 //! corrupt entry that still decompresses would be run as machine code. So the host keeps the
 //! SHA-256 of every entry it saw written, and before each compilation it checks every entry that
 //! changed since it last looked: an entry whose digest differs, or that no manifest names, is
-//! deleted, and wasmtime compiles the component again. The directory must be writable by the host
-//! alone (the manifest guards against corruption, not against someone who may write there).
+//! deleted, and wasmtime compiles the component again. The directory must be the host's user's
+//! and writable by it alone (the manifest guards against corruption, not against someone who may
+//! write there).
+//!
+//! Several processes may share a directory (hosts on one machine, `host check` beside a host):
+//! each compilation holds a lock on the directory's `lock` file and reads the manifest again
+//! under it, so one process's new entry is never taken for a planted one by another, and no
+//! process's manifest overwrites another's entries.
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -20,6 +26,9 @@ use wasmtime::{Cache, CacheConfig};
 
 /// The manifest's file name, in the cache directory.
 const MANIFEST: &str = "manifest";
+
+/// The file whose lock a process holds while it checks, compiles and records.
+const LOCK: &str = "lock";
 
 /// What the host knows of one entry: its digest, and the length and time it had when checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +43,9 @@ pub struct CompileCache {
     dir: PathBuf,
     cache: Cache,
     /// Entry path (relative to `dir`) → what was checked; guarded so that one compilation at a
-    /// time checks and records.
+    /// time (in this process; the lock file orders processes) checks and records.
     entries: Mutex<BTreeMap<PathBuf, Entry>>,
+    lock_file: std::fs::File,
 }
 
 impl std::fmt::Debug for CompileCache {
@@ -53,12 +63,26 @@ pub struct CacheError {
 }
 
 impl CompileCache {
-    /// A cache in `dir` (created when missing), its manifest read and every entry checked.
+    /// A cache in `dir` (created when missing; a relative path is taken from the current
+    /// directory), its manifest read and every entry checked.
     pub fn open(dir: &Path) -> Result<Self, CacheError> {
-        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        let dir = &std::path::absolute(dir)
+            .map_err(|e| CacheError { dir: dir.display().to_string(), reason: e.to_string() })?;
+        use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
         let fail = |reason: String| CacheError { dir: dir.display().to_string(), reason };
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| fail(e.to_string()))?;
-        let mode = std::fs::metadata(dir).map_err(|e| fail(e.to_string()))?.permissions().mode();
+        let meta = std::fs::metadata(dir).map_err(|e| fail(e.to_string()))?;
+        if !meta.is_dir() {
+            return Err(fail("not a directory".into()));
+        }
+        let euid = rustix::process::geteuid().as_raw();
+        if meta.uid() != euid {
+            return Err(fail(format!(
+                "it belongs to user {} and the host runs as {euid}: compiled code there would be run",
+                meta.uid()
+            )));
+        }
+        let mode = meta.permissions().mode();
         if mode & 0o022 != 0 {
             return Err(fail(format!(
                 "others may write it (mode {:o}): compiled code there would be run",
@@ -71,9 +95,14 @@ impl CompileCache {
             // An entry's bytes must stay the ones recorded: never recompressed in place.
             .with_optimized_compression_usage_counter_threshold(u64::MAX);
         let cache = Cache::new(config).map_err(|e| fail(format!("{e:#}")))?;
-        let entries = read_manifest(&dir.join(MANIFEST));
-        let this = Self { dir: dir.to_path_buf(), cache, entries: Mutex::new(entries) };
-        this.check(&mut this.lock());
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK))
+            .map_err(|e| fail(format!("{LOCK}: {e}")))?;
+        let this = Self { dir: dir.to_path_buf(), cache, entries: Mutex::new(BTreeMap::new()), lock_file };
+        this.compiling(|| ());
         Ok(this)
     }
 
@@ -92,12 +121,20 @@ impl CompileCache {
     }
 
     /// Runs `compile` with every entry it may read checked first, and records the entries it
-    /// writes.
+    /// writes; other processes sharing the directory wait meanwhile.
     pub fn compiling<T>(&self, compile: impl FnOnce() -> T) -> T {
         let mut entries = self.lock();
-        self.check(&mut entries);
+        let locked = self.lock_file.lock();
+        if let Err(e) = &locked {
+            tracing::warn!(dir = %self.dir.display(), "cannot lock the compilation cache: {e}");
+        }
+        merge_manifest(&mut entries, read_manifest(&self.dir.join(MANIFEST)));
+        let checked = self.check(&mut entries);
         let out = compile();
-        self.record(&mut entries);
+        self.record(&mut entries, checked);
+        if locked.is_ok() {
+            let _ = self.lock_file.unlock();
+        }
         out
     }
 
@@ -128,8 +165,10 @@ impl CompileCache {
     }
 
     /// Deletes every entry that no manifest names or whose digest differs from it; an entry
-    /// unchanged (length, time) since it was checked is not read again.
-    fn check(&self, entries: &mut BTreeMap<PathBuf, Entry>) {
+    /// unchanged (length, time) since it was checked is not read again. Whether the manifest
+    /// changed (an entry removed or forgotten).
+    fn check(&self, entries: &mut BTreeMap<PathBuf, Entry>) -> bool {
+        let before = entries.len();
         for (relative, meta) in self.files() {
             let path = self.dir.join(&relative);
             let verdict = match entries.get(&relative) {
@@ -155,11 +194,12 @@ impl CompileCache {
         // Entries gone from disk (wasmtime's cleanup) are forgotten.
         let present: std::collections::BTreeSet<PathBuf> = self.files().into_iter().map(|(p, _)| p).collect();
         entries.retain(|p, _| present.contains(p));
+        entries.len() != before
     }
 
-    /// Adds the entries written since the last check to the manifest, and saves it.
-    fn record(&self, entries: &mut BTreeMap<PathBuf, Entry>) {
-        let mut changed = false;
+    /// Adds the entries written since the last check to the manifest, and saves it when it
+    /// changed.
+    fn record(&self, entries: &mut BTreeMap<PathBuf, Entry>, mut changed: bool) {
         for (relative, meta) in self.files() {
             if entries.contains_key(&relative) {
                 continue;
@@ -194,6 +234,21 @@ fn read_manifest(path: &Path) -> BTreeMap<PathBuf, Entry> {
                 .then(|| (PathBuf::from(relative), Entry { digest: digest.to_string(), len: u64::MAX, modified: None }))
         })
         .collect()
+}
+
+/// Takes the manifest on disk (another process may have added or removed entries) as the truth
+/// for which entries exist and their digests, keeping what this process checked of an entry
+/// whose digest it still has (so it is not read again).
+fn merge_manifest(entries: &mut BTreeMap<PathBuf, Entry>, on_disk: BTreeMap<PathBuf, Entry>) {
+    let mut merged = on_disk;
+    for (path, entry) in merged.iter_mut() {
+        if let Some(known) = entries.get(path)
+            && known.digest == entry.digest
+        {
+            *entry = known.clone();
+        }
+    }
+    *entries = merged;
 }
 
 /// Writes the manifest under a temporary name and moves it into place.

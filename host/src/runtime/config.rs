@@ -193,7 +193,8 @@ pub const HOSTCALL_MARGIN: u64 = 1 << 20;
 /// The compilation cache's directory when `CACHE_DIR` is not set: one per user, in the system's
 /// temporary directory.
 pub fn default_cache_dir() -> std::path::PathBuf {
-    std::env::temp_dir().join("kafka-wasm-host-cache")
+    let euid = rustix::process::geteuid().as_raw();
+    std::env::temp_dir().join(format!("kafka-wasm-host-cache-{euid}"))
 }
 
 /// Engine-wide settings, fixed for the life of the process.
