@@ -1,16 +1,17 @@
-//! Handlers in other languages than Rust: Python (componentize-py) and JavaScript
-//! (ComponentizeJS), built from `handlers/<language>/<handler>/` into
+//! Handlers in other languages than Rust: Python (componentize-py), JavaScript (ComponentizeJS)
+//! and Go (the Go compiler with gocomp), built from `handlers/<language>/<handler>/` into
 //! `target/handlers/<language>/<handler>.wasm`.
 //!
-//! Each toolchain is pinned by a file of its language's directory (`handlers/python/requirements.txt`,
-//! `handlers/js/package-lock.json`) and installed from it into the cache directory once: a venv
-//! for Python, an npm prefix for JavaScript. Later builds reuse it without the network. A build
-//! takes seconds per component, so a language's components are rebuilt only when their inputs
-//! (the language's directory, `wit/`, the build's own options) hash differently from the stamp
-//! the last build left.
+//! Each toolchain is pinned by files of its language's directory (`handlers/python/requirements.txt`,
+//! `handlers/js/package-lock.json`, `handlers/go/gocomp/` with its `Cargo.lock`) and installed
+//! from them into the cache directory once: a venv for Python, an npm prefix for JavaScript, the
+//! gocomp binary for Go (built by cargo, `--locked`). Later builds reuse it without the network.
+//! A build takes seconds per component, so a language's components are rebuilt only when their
+//! inputs (the language's directory, `wit/`, the build's own options) hash differently from the
+//! stamp the last build left.
 
 use crate::e2e::cache_dir;
-use crate::{repo_root, run, target_dir};
+use crate::{cargo, repo_root, run, target_dir};
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -21,14 +22,28 @@ use std::process::Command;
 /// whose `fetch()` imports `wasi:http` (the host links one that refuses every request).
 pub const JS_DISABLED_FEATURES: &[&str] = &[];
 
+/// The least Go the Go handlers build with: the `go` line of their `go.mod` (wit-bindgen-go's)
+/// and of `handlers/go/pkg/go.mod`.
+const GO_MIN: (u32, u32) = (1, 25);
+
+/// A program a toolchain runs on.
+struct Program {
+    /// Its name, looked up on `PATH`.
+    name: &'static str,
+    /// The argument that makes it print its version.
+    version: &'static str,
+    /// The least `(major, minor)` version it needs, if any.
+    min: Option<(u32, u32)>,
+}
+
 /// What a language's componentize tool needs and how it is installed.
 struct Toolchain {
-    /// Programs it runs on, each with the least `(major, minor)` version it needs, if any.
-    programs: &'static [(&'static str, Option<(u32, u32)>)],
+    /// Programs it runs on.
+    programs: &'static [Program],
     /// What to install when one is missing.
     missing: &'static str,
-    /// The files of the language's directory that pin it: installed from them, and again when
-    /// they change.
+    /// The files (or directories) of the language's directory that pin it: installed from them,
+    /// and again when they change.
     pins: &'static [&'static str],
     /// The componentize program, in the install directory.
     tool: &'static str,
@@ -41,17 +56,21 @@ pub enum Language {
     Python,
     /// JavaScript, with ComponentizeJS: `handlers/js/<handler>/index.js`, sharing `kafka-wasm.js`.
     JavaScript,
+    /// Go, with the Go compiler (wasip1) and gocomp: `handlers/go/<handler>/handler.go`, sharing
+    /// the package `handlers/go/sdk`.
+    Go,
 }
 
 impl Language {
     /// Every language, in build order.
-    pub const ALL: [Self; 2] = [Self::Python, Self::JavaScript];
+    pub const ALL: [Self; 3] = [Self::Python, Self::JavaScript, Self::Go];
 
     /// Its directory under `handlers/` and `target/handlers/`.
     pub fn dir_name(self) -> &'static str {
         match self {
             Self::Python => "python",
             Self::JavaScript => "js",
+            Self::Go => "go",
         }
     }
 
@@ -60,6 +79,7 @@ impl Language {
         match self {
             Self::Python => "app.py",
             Self::JavaScript => "index.js",
+            Self::Go => "handler.go",
         }
     }
 
@@ -89,29 +109,47 @@ impl Language {
         Ok(handlers)
     }
 
-    /// What the build depends on besides the files: the tool's arguments.
+    /// What the build depends on besides the files: the tool's arguments; for Go, the compiler's
+    /// version too (gocomp's own flags are in its source, under `handlers/go/`).
     fn recipe(self) -> String {
         match self {
             Self::Python => "componentize-py -d wit -w handler componentize app".to_string(),
             Self::JavaScript => format!("componentize-js --world-name handler -d {JS_DISABLED_FEATURES:?}"),
+            Self::Go => {
+                let version = Command::new("go").args(["env", "GOVERSION"]).env("GOTOOLCHAIN", "local").output();
+                let version = match version {
+                    Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                    _ => "no go".to_string(),
+                };
+                format!("gocomp build --lib sdk --pkg pkg handler; {version}")
+            }
         }
     }
 
     fn toolchain(self) -> Toolchain {
         match self {
             Self::Python => Toolchain {
-                programs: &[("python3", None)],
+                programs: &[Program { name: "python3", version: "--version", min: None }],
                 missing: "the Python handlers need Python 3 with its venv module \
                           (Debian: apt-get install python3 python3-venv)",
                 pins: &["requirements.txt"],
                 tool: "bin/componentize-py",
             },
             Self::JavaScript => Toolchain {
-                programs: &[("node", Some((20, 19))), ("npm", None)],
+                programs: &[
+                    Program { name: "node", version: "--version", min: Some((20, 19)) },
+                    Program { name: "npm", version: "--version", min: None },
+                ],
                 missing: "the JavaScript handlers need Node.js 20.19 or newer with npm \
                           (Debian: apt-get install nodejs npm)",
                 pins: &["package.json", "package-lock.json"],
                 tool: "node_modules/.bin/componentize-js",
+            },
+            Self::Go => Toolchain {
+                programs: &[Program { name: "go", version: "version", min: Some(GO_MIN) }],
+                missing: "the Go handlers need Go 1.25 or newer on PATH (https://go.dev/dl/)",
+                pins: &["gocomp"],
+                tool: "bin/gocomp",
             },
         }
     }
@@ -120,14 +158,18 @@ impl Language {
     /// installed from other pins) and returns the componentize program.
     fn install(self) -> anyhow::Result<PathBuf> {
         let Toolchain { programs, missing, pins, tool } = self.toolchain();
-        for &(program, min) in programs {
-            require(program, min, missing)?;
+        for program in programs {
+            require(program, missing)?;
         }
         let src = self.source_dir();
         let mut pinned = Sha256::new();
         for pin in pins {
             let path = src.join(pin);
-            pinned.update(std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?);
+            if path.is_dir() {
+                hash_files(&mut pinned, &path)?;
+            } else {
+                pinned.update(std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?);
+            }
         }
         let pinned = hex(&pinned.finalize());
 
@@ -159,6 +201,23 @@ impl Language {
                 }
                 run(Command::new("npm").current_dir(&dir).args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]))?;
             }
+            Self::Go => {
+                // Exactly the lock's crates; the build directory outlives reinstalls, so a changed
+                // gocomp compiles in seconds, not minutes.
+                let target = go_cache().join("gocomp-target");
+                run(cargo()
+                    .args(["build", "--release", "--locked", "--manifest-path"])
+                    .arg(src.join("gocomp/Cargo.toml"))
+                    .env("CARGO_TARGET_DIR", &target)
+                    // Flags meant for the host build must not leak into this one.
+                    .env_remove("RUSTFLAGS")
+                    .env_remove("CARGO_ENCODED_RUSTFLAGS")
+                    .env_remove("CARGO_BUILD_TARGET"))?;
+                let bin = dir.join("bin");
+                std::fs::create_dir_all(&bin).with_context(|| format!("cannot create {}", bin.display()))?;
+                let built = target.join("release/gocomp");
+                std::fs::copy(&built, &tool).with_context(|| format!("cannot copy {}", built.display()))?;
+            }
         }
         if !tool.exists() {
             bail!("the install left no {}", tool.display());
@@ -185,6 +244,16 @@ impl Language {
                     cmd.arg("-d").args(JS_DISABLED_FEATURES);
                 }
                 cmd.arg("-o").arg(out);
+            }
+            Self::Go => {
+                // The handler's Go module is put together in `target/handlers/go/.build/<handler>`
+                // (under the output directory's lock); Go's caches are kept in the cache
+                // directory, not in $HOME.
+                let src = self.source_dir();
+                let work = self.output_dir().join(".build").join(dir.file_name().unwrap_or_default());
+                cmd.arg("build").arg("--lib").arg(src.join("sdk")).arg("--pkg").arg(src.join("pkg"));
+                cmd.arg("--work").arg(work).arg(&wit).arg("handler").arg(dir).arg(out);
+                cmd.env("GOCACHE", go_cache().join("build-cache")).env("GOMODCACHE", go_cache().join("mod-cache"));
             }
         }
         cmd
@@ -245,26 +314,39 @@ fn inputs_digest(language: Language) -> anyhow::Result<String> {
     let mut hash = Sha256::new();
     hash.update(language.recipe());
     for root in [language.source_dir(), repo_root().join("wit")] {
-        let mut files = Vec::new();
-        collect_files(&root, &mut files)?;
-        files.sort();
-        for file in files {
-            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            hash.update(file.strip_prefix(repo_root()).unwrap_or(&file).to_string_lossy().as_bytes());
-            hash.update((bytes.len() as u64).to_le_bytes());
-            hash.update(&bytes);
-        }
+        hash_files(&mut hash, &root)?;
     }
     Ok(hex(&hash.finalize()))
 }
 
-/// Every file under `dir`, skipping `__pycache__`, `node_modules` and hidden entries.
+/// Hashes every file under `root` (see `collect_files`): its path, length and bytes, in order.
+fn hash_files(hash: &mut Sha256, root: &Path) -> anyhow::Result<()> {
+    let mut files = Vec::new();
+    collect_files(root, &mut files)?;
+    files.sort();
+    for file in files {
+        let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        hash.update(file.strip_prefix(repo_root()).unwrap_or(&file).to_string_lossy().as_bytes());
+        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(&bytes);
+    }
+    Ok(())
+}
+
+/// Where the Go build keeps what outlives a toolchain install: gocomp's cargo build directory and
+/// Go's build and module caches (`<cache>/go/`).
+fn go_cache() -> PathBuf {
+    cache_dir().join("go")
+}
+
+/// Every file under `dir`, skipping `__pycache__`, `node_modules`, `target` (a build directory)
+/// and hidden entries.
 fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let entry = entry?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with('.') || name == "__pycache__" || name == "node_modules" {
+        if name.starts_with('.') || name == "__pycache__" || name == "node_modules" || name == "target" {
             continue;
         }
         if entry.file_type()?.is_dir() {
@@ -276,12 +358,14 @@ fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fails saying what to install when `program --version` does not run or, given `min`, prints an
-/// older version than that (`v20.19.1`, `Python 3.11.7`: the first `major.minor` in it).
-fn require(program: &str, min: Option<(u32, u32)>, missing: &str) -> anyhow::Result<()> {
-    let out = match Command::new(program).arg("--version").output() {
+/// Fails saying what to install when `program --version` (or its own argument, `go version`)
+/// does not run or, given a least version, prints an older version than that (`v20.19.1`,
+/// `Python 3.11.7`, `go version go1.26.8 linux/amd64`: the first `major.minor` in it).
+fn require(&Program { name: program, version, min }: &Program, missing: &str) -> anyhow::Result<()> {
+    // GOTOOLCHAIN=local: the Go installed, never one it would download.
+    let out = match Command::new(program).arg(version).env("GOTOOLCHAIN", "local").output() {
         Ok(out) if out.status.success() => out,
-        Ok(out) => bail!("`{program} --version` failed with {}: {missing}", out.status),
+        Ok(out) => bail!("`{program} {version}` failed with {}: {missing}", out.status),
         Err(e) => bail!("cannot run {program} ({e}): {missing}"),
     };
     let Some(min) = min else { return Ok(()) };

@@ -1,6 +1,6 @@
 //! Build helpers shared by the `cargo xtask` commands and by tests that need compiled components:
 //! the wasm32-wasip2 target check and the builds of the handler and fixture workspaces, and of the
-//! Python and JavaScript handlers (`languages`).
+//! Python, JavaScript and Go handlers (`languages`).
 
 pub mod attack;
 pub mod bench;
@@ -95,8 +95,9 @@ pub fn build_components(workspace: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Builds the handlers into `target/handlers/` and returns that directory: the Rust ones as
-/// `<name>.wasm`, the Python and JavaScript ones as `python/<name>.wasm` and `js/<name>.wasm`
-/// (those only when their sources, `wit/` or toolchain changed; see [`languages`]).
+/// `<name>.wasm`, the Python, JavaScript and Go ones as `python/<name>.wasm`, `js/<name>.wasm`
+/// and `go/<name>.wasm` (those only when their sources, `wit/` or toolchain changed; see
+/// [`languages`]).
 pub fn build_handlers() -> anyhow::Result<PathBuf> {
     let dir = build_components("handlers")?;
     let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());

@@ -7,8 +7,9 @@ use xtask::{build_handlers, build_test_fixtures, cargo, repo_root, run};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  build-handlers   build the handler components into target/handlers/ (Rust), target/handlers/python/
-                   and target/handlers/js/ (toolchains installed into ~/.cache/kafka-wasm once)
+  build-handlers   build the handler components into target/handlers/ (Rust), target/handlers/python/,
+                   target/handlers/js/ and target/handlers/go/ (toolchains installed into
+                   ~/.cache/kafka-wasm once; Go 1.25 or newer needed)
   demo             run the whole system locally (embedded broker unless KAFKA_BROKERS is set)
                    [--users N] create N users; [--exit] exit once their chains complete
                    [--timeout SECS] how long --exit waits (default 120)
