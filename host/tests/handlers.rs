@@ -1,8 +1,8 @@
-//! The two business handlers, as written in each language (Rust, Python, JavaScript), each outcome
-//! through the real runtime against a stub producer. One table of records: for each, every
+//! The two business handlers, as written in each language (Rust, Python, JavaScript, Go), each
+//! outcome through the real runtime against a stub producer. One table of records: for each, every
 //! language must come to the same outcome, make the same producer calls (same bodies, same
-//! idempotency keys) and publish the same events. Then `host invoke` on the Python and JavaScript
-//! builds.
+//! idempotency keys), publish the same events and give the same reason, where the table does not
+//! say otherwise. Then `host invoke` on every language's build.
 
 mod support;
 
@@ -23,20 +23,37 @@ enum Language {
     Rust,
     Python,
     JavaScript,
+    Go,
 }
 
 impl Language {
     /// Rust first: the others are compared with it.
-    const ALL: [Self; 3] = [Self::Rust, Self::Python, Self::JavaScript];
+    const ALL: [Self; 4] = [Self::Rust, Self::Python, Self::JavaScript, Self::Go];
 
     fn component(self, name: &str) -> PathBuf {
         match self {
             Self::Rust => support::handler(name),
             Self::Python => support::python_handler(name),
             Self::JavaScript => support::js_handler(name),
+            Self::Go => support::go_handler(name),
         }
     }
 }
+
+/// Where a reason holds a JSON parser's message (`missing field`, `invalid type`, where it
+/// stopped), each language's reads its own way.
+const PARSERS: &[Language] = &[Language::Python, Language::JavaScript, Language::Go];
+
+/// Where a reason quotes an optional value: Python and JavaScript write it as JSON (`"…"`,
+/// `null`), Rust and Go as Rust's `{:?}` does (`Some("…")`, `None`).
+const JSON_QUOTING: &[Language] = &[Language::Python, Language::JavaScript];
+
+/// The languages that read a record as serde_json reads it into a Rust struct, and quote as Rust's
+/// `{:?}` does: a struct from an array of its fields, a string with a lone surrogate escape
+/// refused, characters that do not print escaped as `\u{…}`. Python and JavaScript do not: they
+/// reject the array, take the surrogate (Python then traps when it passes the host its reason)
+/// and quote as JSON.
+const SERDE: &[Language] = &[Language::Rust, Language::Go];
 
 /// Where a handler's producer calls go.
 #[derive(Debug, Clone, Copy)]
@@ -69,10 +86,15 @@ struct Case {
     calls: &'static [(&'static str, Option<u16>)],
     /// The events published: kind and payload.
     events: Vec<(&'static str, Value)>,
+    /// The languages whose reason may differ from Rust's (every other language's must be the
+    /// same, byte for byte): `PARSERS`, `JSON_QUOTING`.
+    reason_differs: &'static [Language],
+    /// The languages the case runs through: all of them, or `SERDE`.
+    languages: &'static [Language],
 }
 
-/// What one language's handler did with a case's record (all of it but the reason, which each
-/// language's JSON parser words its own way).
+/// What one language's handler did with a case's record (all of it but the reason, which is
+/// compared on its own: see `Case::reason_differs`).
 #[derive(Debug, PartialEq)]
 struct Observed {
     outcome: &'static str,
@@ -109,7 +131,29 @@ fn case(
     outcome: Expect,
     calls: &'static [(&'static str, Option<u16>)],
 ) -> Case {
-    Case { handler, does, value, producer, outcome, calls, events: vec![] }
+    Case {
+        handler,
+        does,
+        value,
+        producer,
+        outcome,
+        calls,
+        events: vec![],
+        reason_differs: &[],
+        languages: &Language::ALL,
+    }
+}
+
+impl Case {
+    /// The case with `languages` allowed a reason of their own.
+    fn reason_differs(self, languages: &'static [Language]) -> Self {
+        Case { reason_differs: languages, ..self }
+    }
+
+    /// The case run through `languages` only (Rust among them).
+    fn only(self, languages: &'static [Language]) -> Self {
+        Case { languages, ..self }
+    }
 }
 
 fn cases() -> Vec<Case> {
@@ -137,28 +181,32 @@ fn cases() -> Vec<Case> {
             created,
             Expect::Reject("malformed value"),
             &[],
-        ),
+        )
+        .reason_differs(PARSERS),
         new_user(
             "rejects a user without an email",
             with(user(), "email", None),
             created,
             Expect::Reject("missing field `email`"),
             &[],
-        ),
+        )
+        .reason_differs(PARSERS),
         new_user(
             "rejects a user with a field it does not know",
             with(user(), "role", Some(json!("admin"))),
             created,
             Expect::Reject("unknown field `role`"),
             &[],
-        ),
+        )
+        .reason_differs(PARSERS),
         new_user(
             "rejects an id that is not a string",
             with(user(), "id", Some(json!(42))),
             created,
             Expect::Reject("invalid type"),
             &[],
-        ),
+        )
+        .reason_differs(PARSERS),
         new_user(
             "rejects an id that is not a UUID",
             with(user(), "id", Some(json!("42"))),
@@ -210,8 +258,39 @@ fn cases() -> Vec<Case> {
             created,
             Expect::Reject("malformed value: "),
             &[],
-        ),
+        )
+        .reason_differs(PARSERS),
         new_user("rejects a tombstone", None, created, Expect::Reject("the record has no value (tombstone)"), &[]),
+        Case {
+            events: vec![("user-created", user())],
+            ..new_user(
+                "accepts a user as an array of its fields, as serde reads a struct",
+                Some(json!([USER_ID, "Ada", "ada@example.com", "2026-11-26T13:00:00Z"]).to_string()),
+                created,
+                Expect::Ok,
+                &[(TOKENS, Some(201))],
+            )
+        }
+        .only(SERDE),
+        new_user(
+            "rejects an id with a lone surrogate escape",
+            Some(
+                r#"{"id":"\ud800","name":"Ada","email":"ada@example.com","created_at":"2026-11-26T13:00:00Z"}"#.into(),
+            ),
+            created,
+            Expect::Reject("malformed value: unexpected end of hex escape"),
+            &[],
+        )
+        .only(SERDE)
+        .reason_differs(PARSERS),
+        new_user(
+            "quotes an id that is not a UUID as Rust's {:?} does",
+            with(user(), "id", Some(json!("e\u{301}\u{7}\"\\\u{2028}"))),
+            created,
+            Expect::Reject(r#"id "e\u{301}\u{7}\"\\\u{2028}" is not a UUID"#),
+            &[],
+        )
+        .only(SERDE),
         new_user(
             "retries when the producer answers 503",
             Some(user().to_string()),
@@ -279,14 +358,16 @@ fn cases() -> Vec<Case> {
             created,
             Expect::Reject("token belongs to user"),
             &[(VERIFY, Some(200))],
-        ),
+        )
+        .reason_differs(JSON_QUOTING),
         issued(
             "rejects a record with fields missing",
             Some(r#"{"user_id":"x"}"#.into()),
             created,
             Expect::Reject("missing field `token`"),
             &[],
-        ),
+        )
+        .reason_differs(PARSERS),
         issued(
             "rejects a user id that is not a UUID",
             with(token("t"), "user_id", Some(json!("x"))),
@@ -370,7 +451,8 @@ fn check(case: &Case, language: Language, observed: &Observed, reason: Option<&s
         let body: Value = serde_json::from_slice(body).expect("a JSON body");
         let value: Value = serde_json::from_str(case.value.as_deref().unwrap_or_default()).expect("a JSON value");
         let expected = match case.handler {
-            "new-user-created" => json!({"user_id": value["id"]}),
+            // A user may come as an array of its fields (serde reads a struct from one).
+            "new-user-created" => json!({"user_id": if value.is_array() { &value[0] } else { &value["id"] }}),
             _ => json!({"token": value["token"]}),
         };
         assert_eq!(body, expected, "{what}: request body");
@@ -393,7 +475,8 @@ async fn every_language_gives_each_record_the_same_outcome_calls_and_events() {
     let mut modules: HashMap<(Language, &str), HandlerModule> = HashMap::new();
     for case in cases() {
         let mut rust = None;
-        for language in Language::ALL {
+        assert_eq!(case.languages.first(), Some(&Language::Rust), "{}: Rust first", case.does);
+        for language in case.languages.iter().copied() {
             let module = modules
                 .entry((language, case.handler))
                 .or_insert_with(|| load(&engine, &language.component(case.handler), HandlerLimits::default()))
@@ -401,9 +484,15 @@ async fn every_language_gives_each_record_the_same_outcome_calls_and_events() {
             let (observed, reason) = observe(&case, module).await;
             check(&case, language, &observed, reason.as_deref());
             match &rust {
-                None => rust = Some(observed),
+                None => rust = Some((observed, reason)),
                 // The same calls byte for byte (bodies, idempotency keys) and the same events.
-                Some(rust) => assert_eq!(&observed, rust, "{language:?} {} {}: as Rust", case.handler, case.does),
+                Some((rust, rust_reason)) => {
+                    let what = format!("{language:?} {} {}: as Rust", case.handler, case.does);
+                    assert_eq!(&observed, rust, "{what}");
+                    if !case.reason_differs.contains(&language) {
+                        assert_eq!(&reason, rust_reason, "{what}: the reason");
+                    }
+                }
             }
         }
     }
@@ -426,11 +515,12 @@ async fn invoke(handler: &Path, value: &str, producer_url: Option<&str>, cache: 
 }
 
 #[tokio::test]
-async fn host_invoke_runs_the_python_and_javascript_handlers_and_prints_ok_reject_and_retry() {
+async fn host_invoke_runs_every_languages_handler_and_prints_ok_reject_and_retry() {
     let cache = compile_cache_dir("handlers-invoke");
     let stub = StubProducer::start().await;
     let value = user().to_string();
-    for handler in [support::python_handler("new-user-created"), support::js_handler("new-user-created")] {
+    for language in Language::ALL {
+        let handler = language.component("new-user-created");
         let what = handler.display();
         let v = invoke(&handler, &value, Some(&stub.url), &cache).await;
         assert_eq!(v["outcome"], "ok", "{what}: {v}");

@@ -43,6 +43,11 @@ pub fn js_handler(name: &str) -> PathBuf {
     handlers_dir().join("js").join(format!("{name}.wasm"))
 }
 
+/// A Go handler component's path (`target/handlers/go/<name>.wasm`).
+pub fn go_handler(name: &str) -> PathBuf {
+    handlers_dir().join("go").join(format!("{name}.wasm"))
+}
+
 /// A fixture component's path.
 pub fn fixture(name: &str) -> PathBuf {
     fixtures_dir().join(format!("{name}.wasm"))
