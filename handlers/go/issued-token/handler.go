@@ -36,7 +36,7 @@ type tokenVerified struct {
 }
 
 // Handle is the component's record-handler.handle.
-func Handle(record types.KafkaRecord) sdk.Result { return sdk.Outcome(handle(record)) }
+func Handle(record types.KafkaRecord) sdk.Result { return sdk.Handle(record, handle) }
 
 func handle(record types.KafkaRecord) error {
 	var issued issuedToken

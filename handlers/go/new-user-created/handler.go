@@ -27,7 +27,7 @@ type issueToken struct {
 }
 
 // Handle is the component's record-handler.handle.
-func Handle(record types.KafkaRecord) sdk.Result { return sdk.Outcome(handle(record)) }
+func Handle(record types.KafkaRecord) sdk.Result { return sdk.Handle(record, handle) }
 
 func handle(record types.KafkaRecord) error {
 	var u user

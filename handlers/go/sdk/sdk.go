@@ -11,7 +11,7 @@
 //		"wit_component/sdk"
 //	)
 //
-//	func Handle(record types.KafkaRecord) sdk.Result { return sdk.Outcome(handle(record)) }
+//	func Handle(record types.KafkaRecord) sdk.Result { return sdk.Handle(record, handle) }
 //
 //	func handle(record types.KafkaRecord) error {
 //		var order struct {
@@ -28,6 +28,15 @@
 // Reject(reason) (the host dead-letters it). Any other error is a retry with its text. A panic
 // traps: the host counts it as a transient failure and replaces the instance.
 //
+// Go's garbage collector runs only while handle runs, and not during a producer call made with
+// Call or CallJSON: never while the host writes into the guest's memory (a record's fields, a
+// producer's answer) through cabi_realloc, an allocation that may start or finish a collection.
+// The collector calls the host then (clocks, poll_oneoff), which the component model forbids
+// during cabi_realloc: the call would trap, once in about a thousand small records and far more
+// often with large ones (wasmtime issue 14318; the WASI adapter of wasmtime 48 pauses only the
+// monotonic clock). So a handler calls the producer through this package, not through the
+// bindings' Call.
+//
 // The build (gocomp build, run by cargo xtask build-handlers) puts the handler's files next to
 // the bindings wit-bindgen-go generates for the world, in the module wit_component, and this
 // package as wit_component/sdk.
@@ -40,6 +49,9 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -51,8 +63,47 @@ import (
 	types "wit_component/kafka_wasm_handler_types"
 )
 
-// Result is what record-handler.handle returns: see Outcome.
+// Result is what record-handler.handle returns: see Handle.
 type Result = witTypes.Result[witTypes.Unit, types.HandlerError]
+
+// collecting tells whether the garbage collector may run (see the package's documentation): only
+// while a handler's code runs, outside producer calls.
+var collecting = true
+
+func init() { collect(false) }
+
+// heap is the collector's goal and the heap's objects, read when it starts again.
+var heap = []metrics.Sample{{Name: "/gc/heap/goal:bytes"}, {Name: "/memory/classes/heap/objects:bytes"}}
+
+// collect lets the garbage collector run (GOGC=100) or stops it; stopping it finishes a
+// collection under way first, so none is left for an allocation in cabi_realloc to take on.
+func collect(on bool) {
+	if on == collecting {
+		return
+	}
+	collecting = on
+	if !on {
+		debug.SetGCPercent(-1)
+		return
+	}
+	debug.SetGCPercent(100)
+	// What the host allocated meanwhile (a record, a producer's answer) started no collection,
+	// and a handler that allocates little might not start one for many records: start it now
+	// when it is due.
+	metrics.Read(heap)
+	if heap[1].Value.Uint64() >= heap[0].Value.Uint64() {
+		runtime.GC()
+	}
+}
+
+// Handle runs handle on the record, with the garbage collector on, and turns what it returned
+// into the contract's result: nil is ok, a Failure its disposition (Retry, Reject), any other
+// error a retry with the error's text.
+func Handle(record types.KafkaRecord, handle func(types.KafkaRecord) error) Result {
+	collect(true)
+	defer collect(false)
+	return outcome(handle(record))
+}
 
 // Failure is a handler's failure: a retry (transient) or a reject (permanent).
 type Failure struct {
@@ -68,9 +119,7 @@ func Retry(reason string) error { return &Failure{Retry: true, Reason: reason} }
 // Reject is a permanent failure: the host dead-letters the record.
 func Reject(reason string) error { return &Failure{Retry: false, Reason: reason} }
 
-// Outcome turns what a handler returned into the contract's result: nil is ok, a Failure its
-// disposition, any other error a retry with the error's text.
-func Outcome(err error) Result {
+func outcome(err error) Result {
 	var f *Failure
 	switch {
 	case err == nil:
@@ -402,10 +451,13 @@ func (e *CallError) Error() string {
 	}
 }
 
-// Call sends request to the producer service. The error, when no response came, is a
-// *CallError.
+// Call sends request to the producer service, the garbage collector stopped while the host
+// writes the answer into the guest's memory. The error, when no response came, is a *CallError.
 func Call(request Request) (Response, error) {
+	was := collecting
+	collect(false)
 	result := api.Call(request)
+	collect(was)
 	if result.IsErr() {
 		return Response{}, &CallError{result.Err()}
 	}
