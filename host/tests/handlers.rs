@@ -498,6 +498,31 @@ async fn every_language_gives_each_record_the_same_outcome_calls_and_events() {
     }
 }
 
+/// One instance of each language's handler takes 500 records of 32 KiB, every one `ok`. A
+/// runtime's housekeeping must not fault between records: Go's garbage collector, run while the
+/// host writes into the guest's memory (cabi_realloc), calls the host and traps (within 50 such
+/// records) unless the Go SDK keeps it out of there. Not more records: a JavaScript instance's
+/// memory grows with every record, and near 1500 of these it fails (TextDecoder first: a valid
+/// record rejected as malformed; then its 64 MiB cap).
+#[tokio::test]
+async fn every_languages_handler_takes_hundreds_of_records_in_one_instance() {
+    const RECORDS: usize = 500;
+    let engine = cached_engine("handlers");
+    let stub = StubProducer::start().await;
+    // A name of 32 KiB: more garbage per record, so more collections.
+    let value = with(user(), "name", Some(json!("Ada ".repeat(8192)))).expect("a value");
+    for language in Language::ALL {
+        let module = load(&engine, &language.component("new-user-created"), HandlerLimits::default());
+        let mut worker = Worker::new(module, ProducerClient::new(&stub.url).expect("stub url"));
+        for n in 0..RECORDS {
+            let inv = worker.invoke(&record("new-user-created", USER_ID, &value)).await;
+            assert_eq!(inv.outcome, Outcome::Ok, "{language:?}, record {n}: {:?}", inv.stderr);
+        }
+        assert_eq!(worker.instantiations(), 1, "{language:?}");
+    }
+    assert_eq!(stub.seen().len(), RECORDS * Language::ALL.len());
+}
+
 /// `host invoke` of `handler` on `value`, with the producer at `producer_url` when given; its
 /// JSON line.
 async fn invoke(handler: &Path, value: &str, producer_url: Option<&str>, cache: &Path) -> Value {
