@@ -1,6 +1,6 @@
 //! The host's configuration: the environment, parsed once at start into [`HostConfig`], and each
-//! handler's settings ([`HandlerSettings`]: limits and retry policy), which are the environment's
-//! defaults overlaid with the optional `HANDLERS_DIR/<topic>.toml`.
+//! handler's settings ([`HandlerSettings`]: limits, retry policy and concurrency), which are the
+//! environment's defaults overlaid with the optional `HANDLERS_DIR/<topic>.toml`.
 
 use crate::runtime::{EngineConfig, HandlerLimits, InstancePolicy};
 use common::auth::OperatorToken;
@@ -81,6 +81,81 @@ impl RetryPolicy {
     }
 }
 
+/// How a partition's records are ordered while they are handled side by side
+/// (`[concurrency] ordering`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    /// The records of one key one after another, in offset order; different keys side by side.
+    /// Records without a key are one key of their own.
+    #[default]
+    Key,
+    /// One record of the partition at a time, in offset order.
+    Partition,
+    /// Side by side, in no order.
+    None,
+}
+
+impl Ordering {
+    /// Its name in `<topic>.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Key => "key",
+            Self::Partition => "partition",
+            Self::None => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for Ordering {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "key" => Ok(Self::Key),
+            "partition" => Ok(Self::Partition),
+            "none" => Ok(Self::None),
+            other => Err(format!("{other:?}: expected key, partition or none")),
+        }
+    }
+}
+
+/// How many records of a partition are handled at once, and in what order (`[concurrency]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConcurrencySettings {
+    /// What records wait for.
+    pub ordering: Ordering,
+    /// Records of one partition taken at once: running, or waiting for their key.
+    pub max_in_flight: u32,
+}
+
+/// The largest `max_in_flight`.
+pub const MAX_IN_FLIGHT: u32 = 1024;
+
+impl Default for ConcurrencySettings {
+    fn default() -> Self {
+        Self { ordering: Ordering::Key, max_in_flight: 32 }
+    }
+}
+
+impl ConcurrencySettings {
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=MAX_IN_FLIGHT).contains(&self.max_in_flight) {
+            return Err(format!("concurrency.max_in_flight must be 1-{MAX_IN_FLIGHT}, not {}", self.max_in_flight));
+        }
+        Ok(())
+    }
+
+    /// Records of a partition that may run at once (1 under `partition` ordering).
+    pub fn parallel(&self) -> usize {
+        match self.ordering {
+            Ordering::Partition => 1,
+            Ordering::Key | Ordering::None => self.max_in_flight as usize,
+        }
+    }
+}
+
 /// Everything configurable per handler.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -89,6 +164,8 @@ pub struct HandlerSettings {
     pub limits: HandlerLimits,
     /// Retry policy.
     pub retry: RetryPolicy,
+    /// Records handled side by side.
+    pub concurrency: ConcurrencySettings,
 }
 
 impl HandlerSettings {
@@ -106,6 +183,7 @@ impl HandlerSettings {
         }
         let merged: Self = toml::Value::Table(base).try_into().map_err(|e: toml::de::Error| e.to_string())?;
         merged.retry.validate()?;
+        merged.concurrency.validate()?;
         Ok(merged)
     }
 }
@@ -180,6 +258,9 @@ pub struct HostConfig {
     /// The credential of the operator routes (`/metrics`, `/handlers`, `/events`); `None` (in
     /// development only): they are open.
     pub operator_token: Option<OperatorToken>,
+    /// Instances all partitions' records may hold at once (`MAX_INSTANCES`); at the cap, records
+    /// wait for one.
+    pub max_instances: u32,
     /// A Kafka topic that receives every event handlers publish, besides `GET /events`. Each is
     /// acknowledged by the broker before its record's offset is stored, so the topic holds every
     /// event of every record handled `ok` (at least once). `None`: the live stream only.
@@ -196,6 +277,9 @@ pub const VARIABLES: &[&str] = &[
     "HANDLER_CALL_TIMEOUT_MS",
     "HANDLER_MAX_MEMORY_BYTES",
     "HANDLER_INSTANCE_POLICY",
+    "HANDLER_ORDERING",
+    "HANDLER_MAX_IN_FLIGHT",
+    "MAX_INSTANCES",
     "RETRY_IN_PLACE_ATTEMPTS",
     "RETRY_MAX_ATTEMPTS",
     "RETRY_BACKOFF_INITIAL_MS",
@@ -279,6 +363,10 @@ impl HostConfig {
                 ),
                 ..retry_defaults
             },
+            concurrency: ConcurrencySettings {
+                ordering: p.parse(env, "HANDLER_ORDERING", Ordering::Key),
+                max_in_flight: p.parse(env, "HANDLER_MAX_IN_FLIGHT", ConcurrencySettings::default().max_in_flight),
+            },
         };
         if let Err(e) = handler_defaults.limits.validate(engine.max_memory_bytes) {
             p.push(format!("handler defaults: {e}"));
@@ -286,6 +374,15 @@ impl HostConfig {
         if let Err(e) = handler_defaults.retry.validate() {
             p.push(format!("handler defaults: {e}"));
         }
+        if let Err(e) = handler_defaults.concurrency.validate() {
+            p.push(format!("handler defaults: {e}"));
+        }
+        let max_instances = p.parse_in(
+            env,
+            "MAX_INSTANCES",
+            default_max_instances(memory_bytes(), handler_defaults.limits.max_memory_bytes, engine.max_instances),
+            1..=engine.max_instances,
+        );
         let reload_interval = Duration::from_millis(p.parse_in(env, "RELOAD_INTERVAL_MS", 250u64, 10..=60_000));
         let drain_timeout = Duration::from_millis(p.parse_in(env, "DRAIN_TIMEOUT_MS", 10_000u64, 0..=600_000));
         // A revoke or a shutdown drains inside the consumer's poll: a drain longer than the
@@ -343,8 +440,33 @@ impl HostConfig {
             dlq_retention,
             app_env,
             operator_token,
+            max_instances,
             events_topic,
         })
+    }
+}
+
+/// `MAX_INSTANCES` when unset: as many instances as half of `memory` holds at the default memory
+/// cap each (the rest for the host, librdkafka's buffers and the compiled code), at least 4 and
+/// at most the pool's slots.
+pub fn default_max_instances(memory: Option<u64>, per_instance: u64, pool: u32) -> u32 {
+    let by_memory = memory.map_or(u64::from(pool), |m| m / 2 / per_instance.max(1));
+    u32::try_from(by_memory).unwrap_or(u32::MAX).clamp(4.min(pool), pool)
+}
+
+/// The memory this process may use: its cgroup's limit (a container's, as on ECS) or else the
+/// machine's; `None` when neither can be read.
+fn memory_bytes() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let total = || {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    match (cgroup, total()) {
+        (Some(limit), Some(total)) => Some(limit.min(total)),
+        (limit, total) => limit.or(total),
     }
 }
 
@@ -412,6 +534,32 @@ mod tests {
         assert!(base.overlay("[limits]\ncall_timeout = 1\n").expect_err("unknown").contains("call_timeout"));
         assert!(base.overlay("[limit]\n").expect_err("unknown section").contains("limit"));
         assert!(base.overlay("[retry]\nin_place_attempts = 0\n").is_err());
+    }
+
+    #[test]
+    fn concurrency_defaults_to_key_order_and_bad_values_are_refused() {
+        let base = HandlerSettings::default();
+        assert_eq!(base.concurrency, ConcurrencySettings { ordering: Ordering::Key, max_in_flight: 32 });
+        let s = base.overlay("[concurrency]\nordering = \"partition\"\nmax_in_flight = 4\n").expect("valid");
+        assert_eq!((s.concurrency.ordering, s.concurrency.parallel()), (Ordering::Partition, 1));
+        assert_eq!(base.overlay("[concurrency]\nordering = \"none\"\n").expect("valid").concurrency.parallel(), 32);
+        assert!(base.overlay("[concurrency]\nordering = \"keys\"\n").expect_err("unknown").contains("keys"));
+        assert!(base.overlay("[concurrency]\nmax_in_flight = 0\n").expect_err("zero").contains("max_in_flight"));
+        assert!(base.overlay("[concurrency]\nmax_in_flight = 5000\n").expect_err("big").contains("1-1024"));
+        let env = Env::from_pairs([("HANDLER_ORDERING", "sorted"), ("MAX_INSTANCES", "0"), ("APP_ENV", "development")]);
+        let text = HostConfig::from_env(&env).expect_err("bad").to_string();
+        assert!(text.contains("HANDLER_ORDERING") && text.contains("MAX_INSTANCES"), "{text}");
+    }
+
+    #[test]
+    fn the_instance_cap_follows_memory_within_the_pool() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(default_max_instances(Some(24 << 30), 64 * MIB, 256), 192);
+        assert_eq!(default_max_instances(Some(1 << 30), 64 * MIB, 256), 8, "a 1 GiB task");
+        assert_eq!(default_max_instances(Some(64 * MIB), 64 * MIB, 256), 4, "never fewer than 4");
+        assert_eq!(default_max_instances(Some(1 << 40), 64 * MIB, 256), 256, "never more than the pool");
+        assert_eq!(default_max_instances(None, 64 * MIB, 100), 100);
+        assert_eq!(default_max_instances(Some(0), 64 * MIB, 2), 2);
     }
 
     #[test]

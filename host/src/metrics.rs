@@ -1,5 +1,6 @@
 //! The host's Prometheus metrics, served at `GET /metrics`: records by topic and outcome, handler
-//! duration, retries, dead-lettered records, reloads, consumer lag, in-flight records.
+//! duration, retries, dead-lettered records, reloads, consumer lag, in-flight records, the
+//! instance budget and how long records waited for their key.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -64,8 +65,19 @@ pub struct Metrics {
     pub batches: Family<KindLabels, Counter>,
     /// Records handled in batches (that came back with a result), by topic.
     pub batched_records: Family<TopicLabels, Counter>,
-    /// Records being handled right now.
+    /// Records being handled right now (in a handler call).
     pub in_flight: Gauge,
+    /// Records taken from a partition and not final (running, waiting for their key, or for
+    /// their retry or dead-letter copy to be written).
+    pub partition_in_flight: Family<PartitionLabels, Gauge>,
+    /// How long records waited for the record before them with their key.
+    pub key_wait_seconds: Family<TopicLabels, Histogram, fn() -> Histogram>,
+    /// Workers (each with at most one instance) serving a record now.
+    pub instances_busy: Gauge,
+    /// Workers kept idle with their instance for the next record.
+    pub instances_idle: Gauge,
+    /// `MAX_INSTANCES`: the most workers all partitions may hold.
+    pub instances_max: Gauge,
     /// Partitions assigned to this host.
     pub assigned_partitions: Gauge,
     /// Partitions that have not been able to move on for `STALL_REPORTED_AFTER` or longer.
@@ -92,6 +104,11 @@ impl Default for Metrics {
             batches: Family::default(),
             batched_records: Family::default(),
             in_flight: Gauge::default(),
+            partition_in_flight: Family::default(),
+            key_wait_seconds: Family::new_with_constructor(duration_histogram),
+            instances_busy: Gauge::default(),
+            instances_idle: Gauge::default(),
+            instances_max: Gauge::default(),
             assigned_partitions: Gauge::default(),
             stalled_partitions: Gauge::default(),
             dropped: Family::default(),
@@ -116,7 +133,24 @@ impl Default for Metrics {
             m.batches.clone(),
         );
         registry.register("batched_records", "Records handled in batches", m.batched_records.clone());
-        registry.register("in_flight", "Records being handled now", m.in_flight.clone());
+        registry.register("in_flight", "Records in a handler call now", m.in_flight.clone());
+        registry.register(
+            "partition_in_flight",
+            "Records taken from a partition and not final, per partition",
+            m.partition_in_flight.clone(),
+        );
+        registry.register(
+            "key_wait_seconds",
+            "Time records waited for the record before them with their key",
+            m.key_wait_seconds.clone(),
+        );
+        registry.register("instances_busy", "Workers serving a record now", m.instances_busy.clone());
+        registry.register("instances_idle", "Workers kept idle with their instance", m.instances_idle.clone());
+        registry.register(
+            "instances_max",
+            "MAX_INSTANCES: the most workers all partitions may hold",
+            m.instances_max.clone(),
+        );
         registry.register("assigned_partitions", "Partitions assigned to this host", m.assigned_partitions.clone());
         registry.register(
             "stalled_partitions",

@@ -4,6 +4,7 @@
 //! host classifies it (the handler's own disposition, or what the sandbox saw: a trap, a timeout, a
 //! memory cap); [`Invocation`] is one call's full report (outcome, events, producer calls, time).
 
+use rdkafka::message::{Headers as _, Message as _};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -13,6 +14,27 @@ pub type Record = crate::bindings::types::KafkaRecord;
 
 /// One record header (the contract's `header`).
 pub type Header = crate::bindings::types::Header;
+
+/// An owned copy of a polled message.
+pub fn from_message(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    Record {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp_ms: m.timestamp().to_millis(),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers: m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| Header { key: h.key.to_string(), value: h.value.map(<[u8]>::to_vec).unwrap_or_default() })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        attempt: 1,
+    }
+}
 
 /// What became of one handler call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

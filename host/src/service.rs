@@ -69,6 +69,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
         events: events.clone(),
         producer_client: producer.clone(),
+        max_instances: config.max_instances as usize,
         health: health.clone(),
         drain_timeout: config.drain_timeout,
         events_topic: config.events_topic.clone(),

@@ -173,6 +173,8 @@ async fn a_batch_with_another_number_of_results_is_refused_and_the_handler_gets_
         other => panic!("expected a broken contract, got {other:?}"),
     }
     assert!(!worker.takes_batches(), "no more batches from this load");
+    let other = Worker::new(module.clone(), host::producer_api::ProducerClient::unconfigured());
+    assert!(!other.takes_batches(), "on any worker: the pipeline leases a new one per batch");
     worker.swap(module.with_limits(HandlerLimits::default()).expect("limits"));
     assert!(worker.takes_batches(), "a swap gives the handler another chance");
 }

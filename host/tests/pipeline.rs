@@ -1,6 +1,8 @@
 //! The consumer pipeline end to end against librdkafka's mock cluster, in-process: order per
-//! partition, ok/retry/reject/trap landing on the right topics with the right headers, attempts
-//! counting up, at-least-once across a restart and a rebalance, a broker outage.
+//! key and per partition, records side by side within the instance cap, the committed offset
+//! never past an unfinished record, ok/retry/reject/trap landing on the right topics with the
+//! right headers, attempts counting up, at-least-once across a restart and a rebalance, a
+//! broker outage.
 
 mod support;
 
@@ -160,17 +162,18 @@ async fn malformed_retry_records_are_dead_lettered_with_the_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_host_resumes_from_committed_offsets_and_handles_every_record() {
+async fn a_restarted_host_resumes_from_committed_offsets_and_a_graceful_stop_repeats_nothing() {
     let mock = cluster(&["orders"]);
     let stub = StubProducer::start().await;
-    let dir = handlers_dir("orders", None);
+    // Two records in flight per partition: the first host is stopped with most records left.
+    let dir = handlers_dir("orders", Some("[concurrency]\nmax_in_flight = 2\n"));
     let group = uuid_like();
     let env = [("PRODUCER_URL", stub.url.as_str())];
     let p = producer(&mock);
-    const N: usize = 60;
+    const N: usize = 400;
     for i in 0..N {
         // Each record makes one 20 ms producer call; the stub's log is the record of what ran.
-        produce(&p, "orders", (i % PARTITIONS as usize) as i32, "call", r#"["/delay/20"]"#, &[]).await;
+        produce(&p, "orders", (i % PARTITIONS as usize) as i32, &format!("call/{i}"), r#"["/delay/20"]"#, &[]).await;
     }
     let first = start_host(host_env(&mock, dir.path(), &group, &env)).await;
     wait_until(Duration::from_secs(30), || stub.handled().len() >= 15).await;
@@ -193,16 +196,16 @@ async fn a_restarted_host_resumes_from_committed_offsets_and_handles_every_recor
     second.shutdown().await;
     let handled: BTreeSet<(i32, i64)> = stub.handled().into_iter().collect();
     assert_eq!(handled.len(), N, "every record handled at least once across the restart");
-    let duplicates = stub.handled().len() - N;
-    assert!(
-        duplicates <= PARTITIONS as usize,
-        "at most the record in hand per partition is repeated, saw {duplicates}"
+    assert_eq!(
+        stub.handled().len(),
+        N,
+        "a graceful stop finishes every record it took and commits them: none is handled twice"
     );
     assert_eq!(committed(&mock, &group, "orders").iter().sum::<i64>(), N as i64, "all committed after the second run");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_still_retrying_when_the_host_stops_is_not_committed() {
+async fn a_record_retrying_in_place_when_the_host_stops_goes_on_through_the_retry_topic() {
     let mock = cluster(&["orders"]);
     // The second record fails and waits 5 s before each in-place retry: the host stops meanwhile.
     let dir = handlers_dir(
@@ -219,14 +222,127 @@ async fn a_record_still_retrying_when_the_host_stops_is_not_committed() {
         assert!(std::time::Instant::now() < deadline, "the second record was not tried");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Past the auto-commit interval: the commit timer runs while the record waits.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stopped_at = chrono::Utc::now().timestamp_millis();
     host.shutdown().await;
-    assert_eq!(
-        committed(&mock, &group, "orders")[0],
-        1,
-        "the handled record is committed; the one still retrying is not, so it is redelivered"
-    );
+    // Its next attempt is handed on, not abandoned: nothing after it need be handled again.
+    let retry = read_topic(&mock, "orders.retry", 1, Duration::from_secs(10));
+    assert_eq!(retry.len(), 1, "the retrying record's copy is on the retry topic");
+    assert_eq!(retry[0].header("x-retry-attempt"), Some("2"));
+    let not_before: i64 = retry[0].header("x-retry-not-before").expect("not before").parse().expect("a number");
+    assert!(not_before <= stopped_at + 5_000, "it waits no more than what was left of its backoff");
+    assert_eq!(committed(&mock, &group, "orders")[0], 2, "both records are final and committed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_one_key_run_in_offset_order_while_other_keys_run_side_by_side() {
+    let mock = cluster(&["orders"]);
+    let stub = StubProducer::start().await;
+    let dir = handlers_dir("orders", None);
+    let host = start_host(host_env(&mock, dir.path(), &uuid_like(), &[("PRODUCER_URL", stub.url.as_str())])).await;
+    let p = producer(&mock);
+    const N: i64 = 300;
+    // Random keys and random handler latency, all on one partition.
+    let mut key_of = BTreeMap::new();
+    for offset in 0..N {
+        let key = format!("call/k{}", rand::random_range(0..25));
+        let delay = rand::random_range(0..25);
+        produce(&p, "orders", 0, &key, &format!(r#"["/delay/{delay}"]"#), &[]).await;
+        key_of.insert(offset, key);
+    }
+    wait_until(Duration::from_secs(60), || stub.handled().len() >= N as usize).await;
+    host.shutdown().await;
+    let handled = stub.handled();
+    assert_eq!(handled.len(), N as usize, "each record once");
+    let mut last: BTreeMap<&str, i64> = BTreeMap::new();
+    for (partition, offset) in handled {
+        assert_eq!(partition, 0);
+        let key = key_of[&offset].as_str();
+        if let Some(before) = last.insert(key, offset) {
+            assert!(before < offset, "{key}: offset {offset} called after {before}: a key's records in offset order");
+        }
+    }
+    let most = stub.max_concurrent();
+    assert!(most > 1, "records of different keys ran side by side (at most {most} at once)");
+    assert!(most <= 25, "never two records of one key at once: {most} calls at once for 25 keys");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_ordering_runs_one_record_at_a_time() {
+    let mock = cluster(&["orders"]);
+    let stub = StubProducer::start().await;
+    let dir = handlers_dir("orders", Some("[concurrency]\nordering = \"partition\"\n"));
+    let host = start_host(host_env(&mock, dir.path(), &uuid_like(), &[("PRODUCER_URL", stub.url.as_str())])).await;
+    let p = producer(&mock);
+    for i in 0..40 {
+        produce(&p, "orders", 0, &format!("call/{i}"), r#"["/delay/5"]"#, &[]).await;
+    }
+    wait_until(Duration::from_secs(30), || stub.handled().len() >= 40).await;
+    let handlers: serde_json::Value = reqwest::get(format!("http://{}/handlers", host.addr))
+        .await
+        .expect("GET /handlers")
+        .json()
+        .await
+        .expect("json");
+    host.shutdown().await;
+    let offsets: Vec<i64> = stub.handled().into_iter().map(|(_, o)| o).collect();
+    assert_eq!(offsets, (0..40).collect::<Vec<_>>(), "in offset order");
+    assert_eq!(stub.max_concurrent(), 1, "one record at a time");
+    let orders = handlers.as_array().expect("array").iter().find(|h| h["topic"] == "orders").expect("orders");
+    assert_eq!((orders["ordering"].as_str(), orders["max_in_flight"].as_u64()), (Some("partition"), Some(32)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_committed_offset_never_passes_an_unfinished_record() {
+    let mock = cluster(&["orders"]);
+    let stub = StubProducer::start().await;
+    let dir = handlers_dir("orders", None);
+    let group = uuid_like();
+    let host = start_host(host_env(&mock, dir.path(), &group, &[("PRODUCER_URL", stub.url.as_str())])).await;
+    let p = producer(&mock);
+    // The first record waits 4 s for its call; the 30 after it, of other keys, finish at once.
+    produce(&p, "orders", 0, "call/slow", r#"["/delay/4000"]"#, &[]).await;
+    for i in 0..30 {
+        produce(&p, "orders", 0, &format!("call/{i}"), r#"["/delay/1"]"#, &[]).await;
+    }
+    wait_until(Duration::from_secs(20), || stub.handled().len() >= 31).await;
+    // Past the auto-commit interval, while the first record is still in its call.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let in_flight = metric(host.addr, r#"host_partition_in_flight{topic="orders",partition="0"}"#).await;
+    let early = committed(&mock, &group, "orders")[0];
+    assert!(early <= 0, "nothing committed past the unfinished first record: committed {early}");
+    assert_eq!(in_flight, 1.0, "only the slow record is in flight");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while committed(&mock, &group, "orders")[0] != 31 {
+        assert!(std::time::Instant::now() < deadline, "all 31 committed once the first finished");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_instance_cap_records_wait_for_a_worker_instead_of_failing() {
+    let mock = cluster(&["orders"]);
+    let stub = StubProducer::start().await;
+    let dir = handlers_dir("orders", None);
+    let env = [("PRODUCER_URL", stub.url.as_str()), ("MAX_INSTANCES", "2")];
+    let host = start_host(host_env(&mock, dir.path(), &uuid_like(), &env)).await;
+    let p = producer(&mock);
+    for i in 0..80 {
+        produce(&p, "orders", i % PARTITIONS, &format!("call/{i}"), r#"["/delay/10"]"#, &[]).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metric(host.addr, r#"host_records_total{topic="orders",outcome="ok"}"#).await < 80.0 {
+        assert!(std::time::Instant::now() < deadline, "every record ok within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(host.addr, "host_instances_max").await, 2.0);
+    for outcome in ["trap", "timeout", "memory", "retry"] {
+        let series = format!(r#"host_records_total{{topic="orders",outcome="{outcome}"}}"#);
+        assert_eq!(metric(host.addr, &series).await, 0.0, "no record failed waiting for a worker: {outcome}");
+    }
+    host.shutdown().await;
+    assert!(stub.max_concurrent() <= 2, "at most two records in calls at once, saw {}", stub.max_concurrent());
+    assert_eq!(stub.handled().len(), 80);
 }
 
 async fn wait_until(within: Duration, mut done: impl FnMut() -> bool) {

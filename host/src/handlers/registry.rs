@@ -146,6 +146,10 @@ pub struct HandlerStatus {
     pub last_error: Option<String>,
     /// When that error happened.
     pub last_error_at: Option<String>,
+    /// How the active handler's records are ordered (`key`, `partition`, `none`).
+    pub ordering: Option<&'static str>,
+    /// Records of one partition the active handler may have in flight.
+    pub max_in_flight: Option<u32>,
     /// Counters.
     pub counters: BTreeMap<&'static str, u64>,
     /// Partitions of the topic (or of its retry topic) that cannot move on right now, with
@@ -312,6 +316,8 @@ impl Registry {
                     loaded_at: s.active.as_ref().map(|a| a.loaded_at.clone()),
                     last_error: s.last_error.as_ref().map(|e| e.0.clone()),
                     last_error_at: s.last_error.as_ref().map(|e| e.1.clone()),
+                    ordering: s.active.as_ref().map(|a| a.settings.concurrency.ordering.as_str()),
+                    max_in_flight: s.active.as_ref().map(|a| a.settings.concurrency.max_in_flight),
                     counters,
                     stalled: Vec::new(),
                 }

@@ -7,10 +7,9 @@
 use super::Shared;
 use super::partition::{self, PartitionWorker};
 use crate::handlers::retry_topic;
-use crate::record::{Header, Record};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 use std::collections::HashMap;
@@ -228,27 +227,6 @@ fn lag(position: Option<i64>, p: &rdkafka::statistics::Partition) -> Option<i64>
     }
     let from = [position.unwrap_or(-1), p.committed_offset, p.lo_offset].into_iter().find(|o| *o >= 0)?;
     Some((p.hi_offset - from).max(0))
-}
-
-/// An owned copy of a polled message.
-pub(crate) fn to_record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
-    Record {
-        topic: m.topic().to_string(),
-        partition: m.partition(),
-        offset: m.offset(),
-        timestamp_ms: m.timestamp().to_millis(),
-        key: m.key().map(<[u8]>::to_vec),
-        value: m.payload().map(<[u8]>::to_vec),
-        headers: m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| Header { key: h.key.to_string(), value: h.value.map(<[u8]>::to_vec).unwrap_or_default() })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        attempt: 1,
-    }
 }
 
 /// The consumer and its poll thread's state.

@@ -1,10 +1,10 @@
 //! Sending records to `<topic>.retry`, `<topic>.dlq` and the events topic: an idempotent
 //! producer with `acks=all`. A send is retried while its failure is transient (the broker is
 //! down, a leader moves, a request times out) until the broker acknowledges it (a record's
-//! offset is stored only after that) or the partition is told to stop (the source record is
-//! then redelivered). A failure that no retry can mend (the copy is over the size limit, the
-//! broker refuses the topic or the record) is returned at once, for the caller to send the
-//! record somewhere else ([`super::partition`] decides where). While a send keeps failing, the
+//! offset is stored only after that) or the partition is told to stop (the send ends
+//! `Err(Stopped)`, and the source record is redelivered). A failure that no retry can mend
+//! (the copy is over the size limit, the broker refuses the topic or the record) is returned at
+//! once, for the caller to send the record somewhere else ([`super::flow`] decides where). While a send keeps failing, the
 //! partition is reported stalled, with the reason, on `/readyz` and `/handlers`.
 //!
 //! Copies carry the time they are written, not the source record's (which is in their headers):
@@ -12,6 +12,7 @@
 //! deleted minutes after it was written.
 
 use super::PartitionHealth;
+use super::stop::{Stop, Stopped};
 use crate::record::Header as RecordHeader;
 use common::kafka::{KafkaContext, KafkaSettings};
 use common::producer::RenewableProducer;
@@ -20,7 +21,6 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// Largest record the host writes (librdkafka's `message.max.bytes` for this producer, unless
 /// `KAFKA_OPT_MESSAGE_MAX_BYTES` sets it): the retry and dead-letter topics the host creates take
@@ -49,13 +49,11 @@ pub struct Outgoing<'a> {
     pub value: Option<&'a [u8]>,
 }
 
-/// How a send ended.
+/// How a send ended (when it was not stopped).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sent {
     /// The broker acknowledged the record.
     Acknowledged,
-    /// The worker was told to stop first.
-    Abandoned,
     /// No retry will get this record onto this topic.
     Refused(Refusal),
 }
@@ -128,17 +126,17 @@ impl Deliverer {
     }
 
     /// Sends one record made of `out` and `headers` to `topic`, stamped with the time it is
-    /// written; retries transient failures with backoff until the broker acknowledges or `stop`
-    /// turns true between two attempts. While it keeps failing, `health` reports the partition
+    /// written; retries transient failures with backoff until the broker acknowledges, or
+    /// `Err(Stopped)` when `stop` is raised between two attempts. While it keeps failing, `health` reports the partition
     /// stalled (until the partition moves on: its record is final).
     pub async fn send(
         &self,
         topic: &str,
         out: Outgoing<'_>,
         headers: &[RecordHeader],
-        stop: &mut watch::Receiver<bool>,
+        stop: &mut Stop,
         health: &PartitionHealth,
-    ) -> Sent {
+    ) -> Result<Sent, Stopped> {
         let mut delay = Duration::from_millis(100);
         loop {
             let owned = headers.iter().fold(OwnedHeaders::new_with_capacity(headers.len()), |h, header| {
@@ -158,49 +156,43 @@ impl Deliverer {
             let producer = self.producer.current();
             let result = producer.send(record, Timeout::After(Duration::from_secs(5))).await;
             let error = match result {
-                Ok(_) => return Sent::Acknowledged,
+                Ok(_) => return Ok(Sent::Acknowledged),
                 Err((e, _)) => e,
             };
             let reason = format!("cannot write to {topic}: {error}");
             match classify(error.rdkafka_error_code()) {
-                Failure::TooLarge => return Sent::Refused(Refusal { too_large: true, reason }),
-                Failure::Refused => return Sent::Refused(Refusal { too_large: false, reason }),
+                Failure::TooLarge => return Ok(Sent::Refused(Refusal { too_large: true, reason })),
+                Failure::Refused => return Ok(Sent::Refused(Refusal { too_large: false, reason })),
                 Failure::Fatal => self.producer.renew(&producer),
                 Failure::Transient => {}
             }
             tracing::warn!(topic, "{reason}; retrying in {delay:?}");
             health.failing(&reason);
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => return Sent::Abandoned,
-                () = tokio::time::sleep(delay) => {}
-            }
+            stop.sleep(delay).await?;
             delay = (delay * 2).min(MAX_BACKOFF);
         }
     }
 
     /// As [`Deliverer::send`], but a refusal is not returned: the partition is reported stalled
-    /// with its reason and the send is retried with backoff until it succeeds or `stop` turns
-    /// true (for a record that has nowhere else to go; an operator mends the cause: a topic's
-    /// permissions, its size limit).
+    /// with its reason and the send is retried with backoff until it succeeds, or `Err(Stopped)`
+    /// when `stop` is raised (for a record that has nowhere else to go; an operator mends the
+    /// cause: a topic's permissions, its size limit).
     pub async fn send_or_stall(
         &self,
         topic: &str,
         out: Outgoing<'_>,
         headers: &[RecordHeader],
-        stop: &mut watch::Receiver<bool>,
+        stop: &mut Stop,
         health: &PartitionHealth,
-    ) -> Sent {
+    ) -> Result<(), Stopped> {
         loop {
-            match self.send(topic, out, headers, stop, health).await {
+            match self.send(topic, out, headers, stop, health).await? {
                 Sent::Refused(refusal) => {
                     tracing::error!(topic, "{}; the partition waits until it can be written", refusal.reason);
                     health.failing(&refusal.reason);
-                    tokio::select! {
-                        _ = stop.wait_for(|s| *s) => return Sent::Abandoned,
-                        () = tokio::time::sleep(MAX_BACKOFF) => {}
-                    }
+                    stop.sleep(MAX_BACKOFF).await?;
                 }
-                done => return done,
+                Sent::Acknowledged => return Ok(()),
             }
         }
     }

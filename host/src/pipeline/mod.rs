@@ -1,16 +1,24 @@
 //! The consumer pipeline: Kafka records in, handler outcomes out. [`consumer`] polls Kafka and
-//! owns rebalances and partition queues; [`partition`] runs one task per assigned partition;
-//! [`deliver`] sends to the retry, dead-letter and events topics; [`headers`] defines their headers.
+//! owns rebalances and partition queues; [`partition`] runs one task per assigned partition,
+//! which decides with [`lanes`] which of its records run side by side; [`flow`] takes one record
+//! to a final outcome (attempt, [`decide`], apply); [`deliver`] sends to the retry, dead-letter
+//! and events topics; [`headers`] defines their headers; [`stop`] is the one signal all of a
+//! partition's work obeys.
 
 pub mod consumer;
+pub mod decide;
 pub mod deliver;
+mod flow;
 pub mod headers;
+pub mod lanes;
 pub mod partition;
+pub mod stop;
 
 use crate::events::EventHub;
 use crate::handlers::Registry;
 use crate::metrics::Metrics;
 use crate::producer_api::ProducerClient;
+use crate::runtime::Instances;
 use consumer::HostContext;
 use rdkafka::consumer::BaseConsumer;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -129,7 +137,8 @@ pub struct Shared {
     pub(crate) registry: Arc<Registry>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) events: EventHub,
-    pub(crate) producer_client: ProducerClient,
+    /// The workers every partition's records run on, within `MAX_INSTANCES`.
+    pub(crate) instances: Arc<Instances>,
     pub(crate) deliverer: deliver::Deliverer,
     pub(crate) consumer: OnceLock<Weak<BaseConsumer<HostContext>>>,
     /// Per partition, how far its task got. Each partition task writes its own; explicit
@@ -196,6 +205,8 @@ pub struct PipelineDeps {
     pub events: EventHub,
     /// Producer-API client given to handlers.
     pub producer_client: ProducerClient,
+    /// Instances all partitions' records may hold at once.
+    pub max_instances: usize,
     /// Readiness flags.
     pub health: Arc<Health>,
     /// Time allowed to finish records in hand at revoke and shutdown.
@@ -219,12 +230,19 @@ pub struct StartError(#[from] rdkafka::error::KafkaError);
 impl Pipeline {
     /// Starts consuming the registry's topics. Must be called within a tokio runtime.
     pub fn start(deps: PipelineDeps) -> Result<Self, StartError> {
+        deps.metrics.instances_max.set(deps.max_instances as i64);
+        let instances = Instances::new(
+            deps.max_instances,
+            deps.producer_client,
+            deps.metrics.instances_busy.clone(),
+            deps.metrics.instances_idle.clone(),
+        );
         let shared = Arc::new(Shared {
             deliverer: deliver::Deliverer::new(&deps.kafka)?,
             registry: deps.registry.clone(),
             metrics: deps.metrics,
             events: deps.events,
-            producer_client: deps.producer_client,
+            instances,
             consumer: OnceLock::new(),
             stored: std::sync::Mutex::default(),
             health: deps.health,
@@ -242,7 +260,7 @@ impl Pipeline {
         Ok(Self { stop, thread })
     }
 
-    /// Stops fetching, lets records in hand finish (bounded), commits, leaves the group.
+    /// Stops taking records, lets the records taken finish (bounded), commits, leaves the group.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let thread = self.thread;

@@ -142,6 +142,9 @@ impl Instance {
 pub struct HandlerModule {
     inner: Arc<Inner>,
     limits: Arc<HandlerLimits>,
+    /// This load broke the batch contract: its records go one by one, on every worker, until
+    /// it is replaced.
+    batches_off: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The compiled part, shared by every set of limits applied to it.
@@ -249,13 +252,17 @@ impl HandlerModule {
             Pre::Legacy(LegacyHandlerPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?)
         };
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
-        Ok(Self { inner: Arc::new(Inner { engine: engine.clone(), pre, digest, size }), limits: Arc::new(limits) })
+        Ok(Self {
+            inner: Arc::new(Inner { engine: engine.clone(), pre, digest, size }),
+            limits: Arc::new(limits),
+            batches_off: Arc::default(),
+        })
     }
 
     /// The same compiled handler under other limits (no recompilation).
     pub fn with_limits(&self, limits: HandlerLimits) -> Result<Self, LoadError> {
         limits.validate(self.inner.engine.config().max_memory_bytes)?;
-        Ok(Self { inner: self.inner.clone(), limits: Arc::new(limits) })
+        Ok(Self { inner: self.inner.clone(), limits: Arc::new(limits), batches_off: Arc::default() })
     }
 
     /// `sha256:<hex>` of the component's bytes.
@@ -284,6 +291,20 @@ impl HandlerModule {
     /// Whether the component takes batches (a pure `batch-handler`).
     pub fn supports_batches(&self) -> bool {
         matches!(self.inner.pre, Pre::Batch(_))
+    }
+
+    /// Whether records go to it in batches: a pure `batch-handler` under `reuse`, allowed more
+    /// than one record per batch, that has not broken the batch contract.
+    pub fn takes_batches(&self) -> bool {
+        self.supports_batches()
+            && self.limits.instance_policy == super::InstancePolicy::Reuse
+            && self.limits.max_batch_records > 1
+            && !self.batches_off.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// This load broke the batch contract: no more batches for it.
+    pub(crate) fn turn_batches_off(&self) {
+        self.batches_off.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The contract world the component targets.

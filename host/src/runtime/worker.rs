@@ -1,6 +1,7 @@
 //! Runs records through a handler under its instance policy.
 //!
-//! A [`Worker`] belongs to one partition (or one CLI invocation) and handles one record at a time.
+//! A [`Worker`] serves one record at a time: the pipeline leases one per record in flight from
+//! the host-wide budget ([`super::instances`]); the CLI makes its own.
 //! Under `reuse` it keeps one instance alive between records and replaces it after a sandbox
 //! fault, after `recycle_after_records` records, or when the handler is swapped; under `fresh` it
 //! instantiates for every record. Every path returns an [`Invocation`]: nothing a guest does can
@@ -38,18 +39,16 @@ pub enum BatchInvocation {
 /// deadline is checked): with the default 5 ms tick, every 10 ms.
 const SLICE_TICKS: u64 = 2;
 
-/// The most packing-buffer capacity a worker keeps between batches (one per partition; a batch
+/// The most packing-buffer capacity a worker keeps between batches (kept by every worker; a batch
 /// may take up to `max_batch_bytes`).
 const KEEP_PACKED_BYTES: usize = 256 * 1024;
 
-/// One partition's handler runner.
+/// A handler runner: one record at a time, on its own instance.
 pub struct Worker {
     module: HandlerModule,
     producer: ProducerClient,
     live: Option<Live>,
     instantiations: u64,
-    /// The module broke the batch contract: records go one by one until it is swapped.
-    batches_off: bool,
     /// The buffer records are packed in for a batch handler, kept for its capacity.
     packing: Vec<u8>,
 }
@@ -67,7 +66,7 @@ impl std::fmt::Debug for Worker {
 impl Worker {
     /// A worker for `module`, calling the producer through `producer`.
     pub fn new(module: HandlerModule, producer: ProducerClient) -> Self {
-        Self { module, producer, live: None, instantiations: 0, batches_off: false, packing: Vec::new() }
+        Self { module, producer, live: None, instantiations: 0, packing: Vec::new() }
     }
 
     /// The handler this worker runs.
@@ -79,7 +78,6 @@ impl Worker {
     pub fn swap(&mut self, module: HandlerModule) {
         self.module = module;
         self.live = None;
-        self.batches_off = false;
     }
 
     /// Instances created so far (for tests and metrics).
@@ -126,14 +124,9 @@ impl Worker {
         Invocation::of(outcome, scope, started.elapsed())
     }
 
-    /// Whether [`Worker::invoke_batch`] can take batches: a pure `batch-handler` under `reuse`,
-    /// allowed more than one record per batch.
+    /// Whether [`Worker::invoke_batch`] can take batches (see [`HandlerModule::takes_batches`]).
     pub fn takes_batches(&self) -> bool {
-        let limits = self.module.limits();
-        self.module.supports_batches()
-            && !self.batches_off
-            && limits.instance_policy == InstancePolicy::Reuse
-            && limits.max_batch_records > 1
+        self.module.takes_batches()
     }
 
     /// Runs `records` (consecutive records of one partition, in offset order) through the
@@ -183,7 +176,7 @@ impl Worker {
         if results.len() != records.len() {
             // The instance is not trusted with another record, and the module not with another
             // batch: its records go one by one until the handler is swapped.
-            self.batches_off = true;
+            self.module.turn_batches_off();
             return BatchInvocation::Failed(format!(
                 "broken batch contract: {} results for {} records",
                 results.len(),

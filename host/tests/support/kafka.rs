@@ -117,10 +117,21 @@ pub async fn start_host(config: HostConfig) -> Running {
     let url = format!("http://{}/readyz", running.addr);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) {
+        let answer = reqwest::get(&url).await;
+        if answer.as_ref().is_ok_and(|r| r.status() == 200) {
             return running;
         }
-        assert!(Instant::now() < deadline, "host not ready within 30 s");
+        if Instant::now() >= deadline {
+            let why = match answer {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(e) => e.to_string(),
+            };
+            let handlers = match reqwest::get(format!("http://{}/handlers", running.addr)).await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(e) => e.to_string(),
+            };
+            panic!("host not ready within 30 s: {why}; handlers: {handlers}");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -127,6 +127,8 @@ pub struct Seen {
 struct StubState {
     seen: Arc<Mutex<Vec<Seen>>>,
     mode: Arc<Mutex<TokenMode>>,
+    /// Requests being answered now, and the most at once.
+    concurrent: Arc<Mutex<(usize, usize)>>,
 }
 
 /// A stub producer on 127.0.0.1.
@@ -134,13 +136,18 @@ pub struct StubProducer {
     pub url: String,
     seen: Arc<Mutex<Vec<Seen>>>,
     mode: Arc<Mutex<TokenMode>>,
+    concurrent: Arc<Mutex<(usize, usize)>>,
     _server: tokio::task::JoinHandle<()>,
 }
 
 impl StubProducer {
     /// Starts the stub on an ephemeral port.
     pub async fn start() -> Self {
-        let state = StubState { seen: Arc::default(), mode: Arc::new(Mutex::new(TokenMode::Created)) };
+        let state = StubState {
+            seen: Arc::default(),
+            mode: Arc::new(Mutex::new(TokenMode::Created)),
+            concurrent: Arc::default(),
+        };
         let app = Router::new()
             .route("/producer-svc/ping-what", get(|| async { axum::Json(serde_json::json!({"ok": "Pong!"})) }))
             .route("/producer-svc/tokens", post(issue))
@@ -168,7 +175,12 @@ impl StubProducer {
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("serve");
         });
-        Self { url, seen: state.seen, mode: state.mode, _server: server }
+        Self { url, seen: state.seen, mode: state.mode, concurrent: state.concurrent, _server: server }
+    }
+
+    /// The most requests the stub was answering at once.
+    pub fn max_concurrent(&self) -> usize {
+        self.concurrent.lock().expect("lock").1
     }
 
     /// Changes how token issuance answers.
@@ -212,7 +224,14 @@ async fn record_request(
         headers: parts.headers.clone(),
         body: body.clone(),
     });
-    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(body))).await
+    {
+        let mut concurrent = state.concurrent.lock().expect("lock");
+        concurrent.0 += 1;
+        concurrent.1 = concurrent.1.max(concurrent.0);
+    }
+    let response = next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(body))).await;
+    state.concurrent.lock().expect("lock").0 -= 1;
+    response
 }
 
 async fn issue(State(state): State<StubState>, body: Bytes) -> impl IntoResponse {
