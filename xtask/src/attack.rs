@@ -13,6 +13,12 @@
 //! Anything short of that is a lost record and fails the run; so does any dead letter (no record
 //! here is malformed). Records handled more than once are counted from the events topic: each
 //! extra `user-created` or `token-verified` event of a user is one repeat.
+//!
+//! Each user's records are one per topic, so order per key is judged apart, by the ordering
+//! probe (`crate::probe`): during every attack, records of 40 keys go to `sequence`, which the
+//! hosts handle side by side under `ordering = "key"` (the default); the events topic must show
+//! each key's records handled in offset order (a redelivery repeats, it never jumps ahead), and
+//! every one of them handled.
 //! `--write-docs` puts the figures in docs/RELIABILITY.md; `--soak` runs many more cycles.
 
 use crate::demo::{HOST_GROUP, Launch, System};
@@ -70,17 +76,27 @@ pub struct Finding {
     pub lost: usize,
     /// Records dead-lettered during the attack (none is expected: any fails the run).
     pub dead_lettered: i64,
-    /// Extra `user-created` and `token-verified` events on the events topic: records handled
-    /// again after the fault.
+    /// Extra `user-created` and `token-verified` events on the events topic, and extra events
+    /// of the probe's records: records handled again after the fault.
     pub repeats: usize,
+    /// The probe's records written during the attack, and those handled before an earlier
+    /// record of their key (the target is 0; any fails the run).
+    pub probe: (usize, usize),
     /// Other figures (timings, refusals).
     pub notes: String,
 }
 
 /// The consumed topics, whose committed offsets must reach their ends.
-const CONSUMED: [&str; 4] = ["new-user-created", "issued-token", "new-user-created.retry", "issued-token.retry"];
+const CONSUMED: [&str; 6] = [
+    "new-user-created",
+    "issued-token",
+    "new-user-created.retry",
+    "issued-token.retry",
+    crate::probe::TOPIC,
+    "sequence.retry",
+];
 /// The dead-letter topics.
-const DEAD_LETTERS: [&str; 2] = ["new-user-created.dlq", "issued-token.dlq"];
+const DEAD_LETTERS: [&str; 3] = ["new-user-created.dlq", "issued-token.dlq", "sequence.dlq"];
 
 /// The event kinds each user's records must publish once handled: the `new-user-created`
 /// handler's and the `issued-token` handler's.
@@ -327,9 +343,20 @@ struct Attack<'a> {
     ledger: Ledger,
     rng: Rng,
     stop: &'a AtomicBool,
+    /// The probe's account after the last attack (each attack reports its own share).
+    probed: crate::probe::OrderCheck,
+    /// The probe writing during the current attack.
+    probe: Option<crate::probe::Probe>,
 }
 
 impl Attack<'_> {
+    /// Starts the attack's load: `creators` users' creators, and the ordering probe.
+    fn load(&mut self, creators: usize, period: Duration, tag: &str) -> anyhow::Result<Load> {
+        self.probe =
+            Some(crate::probe::Probe::start(self.system.brokers(), 40, Duration::from_millis(5), self.rng.next())?);
+        Ok(Load::start(&self.system.producer_url, creators, period, tag))
+    }
+
     /// Records dead-lettered so far (an attack reports its own share).
     fn dead_letters(&self) -> anyhow::Result<i64> {
         self.ledger.count(&DEAD_LETTERS)
@@ -344,17 +371,37 @@ impl Attack<'_> {
         dead_before: i64,
         notes: String,
     ) -> anyhow::Result<Finding> {
+        if let Some(probe) = self.probe.take() {
+            probe.finish()?;
+        }
         let (lost, repeats, dead_lettered) = conclude(&mut self.ledger, ids, dead_before, self.stop)?;
-        let finding = Finding { name, faults, users: ids.len(), lost, dead_lettered, repeats, notes };
+        // Settled: every record of the consumed topics, the probe's included, is committed.
+        let order = crate::probe::check(self.system.brokers())?;
+        let before = std::mem::replace(&mut self.probed, order.clone());
+        let probe = (order.records - before.records, order.out_of_order - before.out_of_order);
+        let repeats = repeats + (order.repeats - before.repeats);
+        let lost = lost + order.unhandled;
+        let finding = Finding { name, faults, users: ids.len(), lost, dead_lettered, repeats, probe, notes };
         eprintln!(
-            "attack: {}: {} faults, {} users, {} lost, {} dead-lettered, {} handled again; {}",
+            "attack: {}: {} faults, {} users and {} probe records ({} keys), {} lost, {} dead-lettered, {} handled again, {} out of order; {}",
             finding.name,
             finding.faults,
             finding.users,
+            finding.probe.0,
+            order.keys,
             finding.lost,
             finding.dead_lettered,
             finding.repeats,
+            finding.probe.1,
             finding.notes
+        );
+        ensure!(
+            finding.probe.1 == 0,
+            "{}: {} probe records handled before an earlier record of their key ({}); logs in {}",
+            finding.name,
+            finding.probe.1,
+            order.first_violation.as_deref().unwrap_or("?"),
+            self.system.dir.display()
         );
         ensure!(
             finding.lost == 0,
@@ -377,7 +424,7 @@ impl Attack<'_> {
 /// 1. `kill -9` of the host at random moments while users flow.
 fn kill9_cycles(a: &mut Attack<'_>, cycles: usize) -> anyhow::Result<Finding> {
     let dead_before = a.dead_letters()?;
-    let load = Load::start(&a.system.producer_url, 1, Duration::from_millis(10), "kill9");
+    let load = a.load(1, Duration::from_millis(10), "kill9")?;
     for cycle in 0..cycles {
         let wait = a.rng.between(Duration::from_millis(300), Duration::from_millis(3000));
         std::thread::sleep(wait);
@@ -400,7 +447,7 @@ fn kill9_cycles(a: &mut Attack<'_>, cycles: usize) -> anyhow::Result<Finding> {
 /// 2. The broker down for a while, then up: readiness, producer refusals, recovery.
 fn broker_outage(a: &mut Attack<'_>, outages: usize) -> anyhow::Result<Finding> {
     let dead_before = a.dead_letters()?;
-    let load = Load::start(&a.system.producer_url, 2, Duration::from_millis(10), "outage");
+    let load = a.load(2, Duration::from_millis(10), "outage")?;
     let (mut unready_after, mut ready_after) = (Duration::ZERO, Duration::ZERO);
     let host = a.system.host_url.clone();
     for n in 0..outages {
@@ -456,7 +503,7 @@ fn request_errors(a: &mut Attack<'_>, rounds: usize) -> anyhow::Result<Finding> 
         ("heartbeat", "rebalance-in-progress", 5),
     ];
     let dead_before = a.dead_letters()?;
-    let load = Load::start(&a.system.producer_url, 2, Duration::from_millis(10), "errors");
+    let load = a.load(2, Duration::from_millis(10), "errors")?;
     let mut injected = 0;
     for _ in 0..rounds {
         std::thread::sleep(Duration::from_secs(1));
@@ -523,7 +570,7 @@ fn retries(system: &System) -> f64 {
 /// 4. Hosts joining and leaving repeatedly (graceful and kill -9) while users flow.
 fn rebalance_storm(a: &mut Attack<'_>, cycles: usize) -> anyhow::Result<Finding> {
     let dead_before = a.dead_letters()?;
-    let load = Load::start(&a.system.producer_url, 1, Duration::from_millis(10), "storm");
+    let load = a.load(1, Duration::from_millis(10), "storm")?;
     for cycle in 0..cycles {
         a.system.start_extra_host(a.stop)?;
         std::thread::sleep(a.rng.between(Duration::from_millis(1000), Duration::from_millis(5000)));
@@ -554,7 +601,7 @@ fn sigterm_under_load(a: &mut Attack<'_>, cycles: usize) -> anyhow::Result<Findi
     // out, so no rebalance refuses this attack's commits.
     std::thread::sleep(Duration::from_secs(7));
     let dead_before = a.dead_letters()?;
-    let load = Load::start(&a.system.producer_url, 2, Duration::ZERO, "sigterm");
+    let load = a.load(2, Duration::ZERO, "sigterm")?;
     let mut slowest = Duration::ZERO;
     for n in 0..cycles {
         std::thread::sleep(Duration::from_secs(3));
@@ -606,10 +653,10 @@ pub fn run(options: Options, stop: &AtomicBool) -> anyhow::Result<Vec<Finding>> 
         "attack: seed {seed} (ATTACK_SEED={seed} replays the same moments){}",
         if options.soak { ", soak" } else { "" }
     );
-    let launch = Launch { brokers: None, release: false, dir_name: "attack" };
+    let launch = Launch { dir_name: "attack", probe: true, ..Launch::default() };
     let system = System::launch(launch, stop)?;
     let ledger = Ledger::new(system.brokers())?;
-    let mut a = Attack { system, ledger, rng: Rng(seed), stop };
+    let mut a = Attack { system, ledger, rng: Rng(seed), stop, probed: Default::default(), probe: None };
     let (kills, outages, storms, terms) = if options.soak { (30, 5, 20, 5) } else { (4, 1, 3, 1) };
     let findings = vec![
         kill9_cycles(&mut a, kills)?,
@@ -639,13 +686,13 @@ fn write_markdown(path: &Path, findings: &[Finding], seed: u64, minutes: f64, so
     );
     let _ = writeln!(
         s,
-        "| attack | faults | users | lost | dead-lettered | handled again | notes |\n|---|---|---|---|---|---|---|"
+        "| attack | faults | users | probe records | lost | out of order | dead-lettered | handled again | notes |\n|---|---|---|---|---|---|---|---|---|"
     );
     for f in findings {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | **{}** | {} | {} | {} |",
-            f.name, f.faults, f.users, f.lost, f.dead_lettered, f.repeats, f.notes
+            "| {} | {} | {} | {} | **{}** | **{}** | {} | {} | {} |",
+            f.name, f.faults, f.users, f.probe.0, f.lost, f.probe.1, f.dead_lettered, f.repeats, f.notes
         );
     }
     crate::replace_generated(path, BEGIN, END, &s)

@@ -180,7 +180,7 @@ fn longest_stall(samples: &[(Instant, f64)], from: Instant, to: Instant) -> Dura
 
 /// Start to ready, memory under load and the hot swap, on the embedded broker.
 fn system_on_mock(stop: &AtomicBool) -> anyhow::Result<Figures> {
-    let mut system = System::launch(Launch { brokers: None, release: true, dir_name: "bench-system" }, stop)?;
+    let mut system = System::launch(Launch { release: true, dir_name: "bench-system", ..Launch::default() }, stop)?;
     let mut figures = Figures::new();
     let mut tally = crate::ledger::Tally::new(system.brokers())?;
 
@@ -299,7 +299,7 @@ fn chain_on_tansu(stop: &AtomicBool) -> anyhow::Result<Figures> {
     let _ = std::fs::remove_dir_all(&dir);
     let broker = crate::e2e::Tansu::start(&bin, &dir)?;
     let system = System::launch(
-        Launch { brokers: Some(broker.address()), release: true, dir_name: "bench-tansu-system" },
+        Launch { brokers: Some(broker.address()), release: true, dir_name: "bench-tansu-system", ..Launch::default() },
         stop,
     )?;
     let (tx, arrivals) = mpsc::channel();

@@ -22,12 +22,14 @@ pub struct Options {
     pub exit: bool,
     /// How long `--exit` waits.
     pub timeout: Duration,
+    /// The language of the handlers the host runs (`None`: Rust).
+    pub language: Option<crate::languages::Language>,
 }
 
 impl Options {
     /// Parses `demo`'s arguments.
     pub fn parse(args: &[String]) -> anyhow::Result<Self> {
-        let mut options = Self { users: None, exit: false, timeout: Duration::from_secs(120) };
+        let mut options = Self { users: None, exit: false, timeout: Duration::from_secs(120), language: None };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -41,7 +43,19 @@ impl Options {
                         args.next().context("--timeout needs seconds")?.parse().context("--timeout needs seconds")?,
                     )
                 }
-                other => bail!("unknown demo argument {other:?} (expected --users N, --exit, --timeout SECS)"),
+                "--language" => {
+                    let name = args.next().context("--language needs rust, python, js or go")?;
+                    options.language = match name.as_str() {
+                        "rust" => None,
+                        other => Some(
+                            crate::languages::Language::from_name(other)
+                                .with_context(|| format!("--language {other}: expected rust, python, js or go"))?,
+                        ),
+                    };
+                }
+                other => bail!(
+                    "unknown demo argument {other:?} (expected --users N, --exit, --timeout SECS, --language rust|python|js|go)"
+                ),
             }
         }
         if options.exit && options.users.is_none() {
@@ -220,12 +234,15 @@ fn terminate(child: &mut Child, within: Duration) -> anyhow::Result<std::process
 /// The consumer group of the system's hosts.
 pub const HOST_GROUP: &str = "wasm-host-demo";
 
+/// The seed's two topics, each with its handler.
+pub const HANDLER_TOPICS: [&str; 2] = ["new-user-created", "issued-token"];
+
 /// The topic the system's hosts send every handler event to (`EVENTS_TOPIC`): the durable record
 /// of what each handler did, which the fault suite reads.
 pub const EVENTS_TOPIC: &str = "handler-events";
 
 /// How to start a [`System`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Launch {
     /// An external Kafka, or `None` for the embedded mock broker.
     pub brokers: Option<String>,
@@ -233,21 +250,30 @@ pub struct Launch {
     pub release: bool,
     /// The directory under the target directory for logs and handlers.
     pub dir_name: &'static str,
+    /// The language of the two handlers (`None`: Rust).
+    pub language: Option<crate::languages::Language>,
+    /// Also run the ordering probe's topic (`crate::probe`): the `hostile` fixture handles
+    /// `sequence`.
+    pub probe: bool,
 }
 
 impl System {
     /// Builds everything and starts the processes (debug builds, in `target/demo`); `brokers` is
     /// an external Kafka, or `None` for the embedded mock broker.
     pub fn start(brokers: Option<String>, stop: &AtomicBool) -> anyhow::Result<Self> {
-        Self::launch(Launch { brokers, release: false, dir_name: "demo" }, stop)
+        Self::launch(Launch { brokers, dir_name: "demo", ..Launch::default() }, stop)
     }
 
     /// Builds everything and starts the processes as `launch` says.
     pub fn launch(launch: Launch, stop: &AtomicBool) -> anyhow::Result<Self> {
-        let Launch { brokers, release, dir_name } = launch;
+        let Launch { brokers, release, dir_name, language, probe } = launch;
         let root = crate::repo_root();
         eprintln!("demo: building the handlers and services");
-        let handlers = crate::build_handlers()?;
+        let built = crate::build_handlers()?;
+        let handlers = match language {
+            Some(language) => language.output_dir(),
+            None => built,
+        };
         let mut build = crate::cargo();
         build.current_dir(&root).args(["build", "--quiet", "-p", "host", "-p", "producer", "-p", "mock-broker"]);
         if release {
@@ -258,10 +284,18 @@ impl System {
         let dir = crate::target_dir().join(dir_name);
         let handlers_dir = dir.join("handlers");
         std::fs::create_dir_all(&handlers_dir)?;
-        for name in ["new-user-created", "issued-token"] {
-            let tmp = handlers_dir.join(format!(".{name}.wasm.tmp"));
-            std::fs::copy(handlers.join(format!("{name}.wasm")), &tmp)?;
-            std::fs::rename(&tmp, handlers_dir.join(format!("{name}.wasm")))?;
+        let mut components: Vec<(&str, PathBuf)> =
+            HANDLER_TOPICS.iter().map(|name| (*name, handlers.join(format!("{name}.wasm")))).collect();
+        if probe {
+            components.push((crate::probe::TOPIC, crate::build_test_fixtures()?.join("hostile.wasm")));
+        }
+        for (topic, component) in &components {
+            let tmp = handlers_dir.join(format!(".{topic}.wasm.tmp"));
+            std::fs::copy(component, &tmp).with_context(|| format!("cannot copy {}", component.display()))?;
+            std::fs::rename(&tmp, handlers_dir.join(format!("{topic}.wasm")))?;
+        }
+        if let Some(language) = language {
+            eprintln!("demo: the handlers are the {} builds ({})", language.dir_name(), handlers.display());
         }
         let mut children = Children(Vec::new());
         let brokers = match brokers {
@@ -271,9 +305,8 @@ impl System {
             }
             None => {
                 let mut args = Vec::new();
-                let handler_topics = ["new-user-created", "issued-token"]
-                    .iter()
-                    .flat_map(|t| [t.to_string(), format!("{t}.retry"), format!("{t}.dlq")]);
+                let handler_topics =
+                    components.iter().flat_map(|(t, _)| [t.to_string(), format!("{t}.retry"), format!("{t}.dlq")]);
                 for name in handler_topics.chain([EVENTS_TOPIC.to_string()]) {
                     args.push("--topic".to_string());
                     args.push(format!("{name}:8"));
@@ -491,7 +524,8 @@ impl System {
 /// Runs the demo.
 pub fn run(options: Options, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let brokers = std::env::var("KAFKA_BROKERS").ok().filter(|b| !b.is_empty());
-    let system = System::start(brokers, &stop)?;
+    let launch = Launch { brokers, dir_name: "demo", language: options.language, ..Launch::default() };
+    let system = System::launch(launch, &stop)?;
     let (producer_url, host_url) = (system.producer_url.clone(), system.host_url.clone());
     println!();
     println!(

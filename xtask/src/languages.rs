@@ -65,6 +65,11 @@ impl Language {
     /// Every language, in build order.
     pub const ALL: [Self; 3] = [Self::Python, Self::JavaScript, Self::Go];
 
+    /// The language whose [`dir_name`](Self::dir_name) is `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|l| l.dir_name() == name)
+    }
+
     /// Its directory under `handlers/` and `target/handlers/`.
     pub fn dir_name(self) -> &'static str {
         match self {

@@ -9,6 +9,7 @@ pub mod deploy;
 pub mod e2e;
 pub mod languages;
 pub mod ledger;
+pub mod probe;
 
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};

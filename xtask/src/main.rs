@@ -13,6 +13,7 @@ commands:
   demo             run the whole system locally (embedded broker unless KAFKA_BROKERS is set)
                    [--users N] create N users; [--exit] exit once their chains complete
                    [--timeout SECS] how long --exit waits (default 120)
+                   [--language rust|python|js|go] which build of the handlers the host runs
   test             run every check: fmt, clippy, handler builds, all tests, the demo's full chain,
                    the end-to-end suite on Tansu (installed into ~/.cache/kafka-wasm when missing),
                    the attack suite
@@ -79,8 +80,13 @@ fn test() -> anyhow::Result<()> {
     run(cargo().current_dir(&root).args(["test", "--workspace"]))?;
     // The SDK's own unit tests (its packed-records decoder) run natively: they call no import.
     run(cargo().current_dir(root.join("handlers")).args(["test", "-p", "handler-sdk", "--lib"]))?;
-    step("demo: the full chain for 50 users through real processes on the embedded broker");
-    let options = xtask::demo::Options { users: Some(50), exit: true, timeout: std::time::Duration::from_secs(120) };
+    step("demo: the full chain for 50 users through real processes on the embedded broker, Python handlers");
+    let options = xtask::demo::Options {
+        users: Some(50),
+        exit: true,
+        timeout: std::time::Duration::from_secs(180),
+        language: Some(xtask::languages::Language::Python),
+    };
     xtask::demo::run(options, stop_flag()?)?;
     step("end-to-end suite on a real broker (Tansu)");
     xtask::e2e::run(&*stop_flag()?)?;
