@@ -1,6 +1,6 @@
 //! The host's Prometheus metrics, served at `GET /metrics`: records by topic and outcome, handler
 //! duration, retries, dead-lettered records, reloads, consumer lag, in-flight records, the
-//! instance budget and how long records waited for their key.
+//! instance budget, instances replaced and why, and how long records waited for their key.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -43,6 +43,14 @@ pub struct PartitionLabels {
     pub partition: i32,
 }
 
+/// Why a worker dropped its instance after a call.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `fault` (a trap or a time limit), `memory` (the instance reached its memory cap, or grew
+    /// past half the room it had), `records` (`recycle_after_records`).
+    pub reason: String,
+}
+
 /// Every metric the host exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -78,6 +86,8 @@ pub struct Metrics {
     pub instances_idle: Gauge,
     /// `MAX_INSTANCES`: the most workers all partitions may hold.
     pub instances_max: Gauge,
+    /// Instances dropped after a call under the `reuse` policy, by reason.
+    pub instances_recycled: Family<ReasonLabels, Counter>,
     /// Partitions assigned to this host.
     pub assigned_partitions: Gauge,
     /// Partitions that have not been able to move on for `STALL_REPORTED_AFTER` or longer.
@@ -109,6 +119,7 @@ impl Default for Metrics {
             instances_busy: Gauge::default(),
             instances_idle: Gauge::default(),
             instances_max: Gauge::default(),
+            instances_recycled: Family::default(),
             assigned_partitions: Gauge::default(),
             stalled_partitions: Gauge::default(),
             dropped: Family::default(),
@@ -150,6 +161,11 @@ impl Default for Metrics {
             "instances_max",
             "MAX_INSTANCES: the most workers all partitions may hold",
             m.instances_max.clone(),
+        );
+        registry.register(
+            "instances_recycled",
+            "Instances dropped after a call, by reason (fault, memory, records)",
+            m.instances_recycled.clone(),
         );
         registry.register("assigned_partitions", "Partitions assigned to this host", m.assigned_partitions.clone());
         registry.register(

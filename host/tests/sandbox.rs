@@ -6,7 +6,7 @@ mod support;
 
 use host::producer_api::ProducerClient;
 use host::record::{Invocation, Outcome, Record};
-use host::runtime::{HandlerLimits, HandlerModule, InstancePolicy, LoadError, Worker};
+use host::runtime::{HandlerLimits, HandlerModule, InstancePolicy, LoadError, Recycle, Worker};
 use std::time::{Duration, Instant};
 use support::{StubProducer, engine, fixture, handler, load, record};
 
@@ -78,6 +78,53 @@ async fn memory_growth_past_the_cap_is_the_memory_outcome() {
         other => panic!("expected memory, got {other:?}"),
     }
     assert_next_record_runs(&mut worker).await;
+}
+
+/// A guest that keeps 1 MiB of every record (as a runtime does that never frees what the host
+/// writes into it) would reach its 64 MiB cap near record 62, and fail a record. The worker
+/// replaces its instance after the record that has used half the room it was made with, so 300
+/// such records all come to `ok`, on instances replaced for their memory only, none kept past
+/// three quarters of the cap.
+#[tokio::test]
+async fn a_leaking_guest_is_replaced_before_it_reaches_its_cap_and_no_record_fails() {
+    let cap = HandlerLimits::default().max_memory_bytes as usize;
+    let mut worker = hostile_worker(HandlerLimits::default(), ProducerClient::unconfigured());
+    for n in 0..300 {
+        let inv = misdeed(&mut worker, "leak", &(1 << 20).to_string()).await;
+        assert_eq!(inv.outcome, Outcome::Ok, "record {n}");
+        let kept = worker.footprint().map_or(0, |f| f.memory_bytes);
+        assert!(kept <= cap * 3 / 4, "record {n}: an instance of {kept} bytes kept");
+    }
+    let recycled = worker.recycled(Recycle::Memory);
+    assert!(recycled >= 5, "{recycled} instances replaced for their memory");
+    assert_eq!((worker.recycled(Recycle::Fault), worker.recycled(Recycle::Records)), (0, 0));
+    assert_eq!(worker.instantiations(), recycled + 1);
+}
+
+/// A guest that survives a refused `memory.grow` and answers a verdict of its own (SpiderMonkey
+/// does: its `TextDecoder.decode` then fails, and a handler rejects a valid record as malformed)
+/// does not get its record dead-lettered: the outcome is `memory`, retried on a new instance.
+/// Below the cap, the guest's verdict stands.
+#[tokio::test]
+async fn a_verdict_given_after_the_guest_reached_its_memory_cap_is_the_memory_outcome() {
+    let limits = HandlerLimits { max_memory_bytes: 8 << 20, ..HandlerLimits::default() };
+    let mut worker = hostile_worker(limits, ProducerClient::unconfigured());
+    let inv = misdeed(&mut worker, "oom-reject", &(16 << 20).to_string()).await;
+    match &inv.outcome {
+        Outcome::Memory(reason) => assert!(
+            reason.contains("reached its memory cap of 8388608 bytes")
+                && reason.contains("then answered reject: cannot take 16777216 bytes"),
+            "{reason}"
+        ),
+        other => panic!("expected memory, got {other:?}"),
+    }
+    assert_eq!(worker.recycled(Recycle::Memory), 1, "an instance that reached its cap is not kept");
+    assert!(worker.footprint().is_none());
+    let inv = misdeed(&mut worker, "oom-reject", &(1 << 20).to_string()).await;
+    assert_eq!(inv.outcome, Outcome::Ok, "granted");
+    let inv = misdeed(&mut worker, "reject", "bad data").await;
+    assert_eq!(inv.outcome, Outcome::Reject("bad data".into()));
+    assert_eq!(worker.instantiations(), 2);
 }
 
 #[tokio::test]

@@ -236,6 +236,7 @@ impl Pipeline {
             deps.producer_client,
             deps.metrics.instances_busy.clone(),
             deps.metrics.instances_idle.clone(),
+            deps.metrics.instances_recycled.clone(),
         );
         let shared = Arc::new(Shared {
             deliverer: deliver::Deliverer::new(&deps.kafka)?,

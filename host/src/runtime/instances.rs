@@ -10,7 +10,10 @@
 
 use super::module::HandlerModule;
 use super::worker::Worker;
+use crate::metrics::ReasonLabels;
 use crate::producer_api::ProducerClient;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
@@ -24,6 +27,7 @@ pub struct Instances {
     producer: ProducerClient,
     busy: Gauge,
     idle: Gauge,
+    recycled: Family<ReasonLabels, Counter>,
 }
 
 #[derive(Debug, Default)]
@@ -38,11 +42,18 @@ struct State {
 
 impl Instances {
     /// A budget of `max` workers (at least 1), calling the producer through `producer`; `busy`
-    /// and `idle` are set to the workers serving a record and those kept idle.
-    pub fn new(max: usize, producer: ProducerClient, busy: Gauge, idle: Gauge) -> Arc<Self> {
+    /// and `idle` are set to the workers serving a record and those kept idle; `recycled` counts
+    /// the instances workers drop after a call, by reason.
+    pub fn new(
+        max: usize,
+        producer: ProducerClient,
+        busy: Gauge,
+        idle: Gauge,
+        recycled: Family<ReasonLabels, Counter>,
+    ) -> Arc<Self> {
         let max = max.max(1);
         let state = Mutex::new(State { unmade: max, ..State::default() });
-        Arc::new(Self { max, state, returned: Notify::new(), producer, busy, idle })
+        Arc::new(Self { max, state, returned: Notify::new(), producer, busy, idle, recycled })
     }
 
     /// The budget.
@@ -79,7 +90,9 @@ impl Instances {
             state.idle.remove(i)
         } else if state.unmade > 0 {
             state.unmade -= 1;
-            Some(Worker::new(module.clone(), self.producer.clone()))
+            let mut worker = Worker::new(module.clone(), self.producer.clone());
+            worker.count_recycled_in(self.recycled.clone());
+            Some(worker)
         } else {
             state.idle.pop_front().map(|mut w| {
                 w.swap(module.clone());

@@ -19,4 +19,4 @@ pub use config::{EngineConfig, HandlerLimits, InstancePolicy, InvalidLimit};
 pub use engine::{EngineError, WasmEngine};
 pub use instances::{Instances, Lease};
 pub use module::{HandlerModule, LoadError, read_file};
-pub use worker::{BatchInvocation, Worker};
+pub use worker::{BatchInvocation, Footprint, Recycle, Worker};

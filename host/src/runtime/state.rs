@@ -114,6 +114,16 @@ impl MemoryCap {
     fn new(max_bytes: usize) -> Self {
         Self { max_bytes, memory_bytes: 0, table_elements: 0, exceeded: false }
     }
+
+    /// Bytes of every memory of the store now, as the cap counts them.
+    pub fn memory_bytes(&self) -> usize {
+        self.memory_bytes
+    }
+
+    /// Elements of every table of the store now, as the cap counts them.
+    pub fn table_elements(&self) -> usize {
+        self.table_elements
+    }
 }
 
 /// Moves `total` from `current` to `desired` for one memory or table of the store, if the new total

@@ -3,9 +3,18 @@
 //! A [`Worker`] serves one record at a time: the pipeline leases one per record in flight from
 //! the host-wide budget ([`super::instances`]); the CLI makes its own.
 //! Under `reuse` it keeps one instance alive between records and replaces it after a sandbox
-//! fault, after `recycle_after_records` records, or when the handler is swapped; under `fresh` it
-//! instantiates for every record. Every path returns an [`Invocation`]: nothing a guest does can
-//! make `invoke` fail or panic.
+//! fault, after `recycle_after_records` records, when the handler is swapped, and when its memory
+//! has grown too far ([`outgrown`]); under `fresh` it instantiates for every record. Every path
+//! returns an [`Invocation`]: nothing a guest does can make `invoke` fail or panic.
+//!
+//! A guest whose memory grows with every record (a runtime that never frees what the host
+//! allocates in it, as ComponentizeJS 0.23 does, or a handler that keeps what it reads) would
+//! reach its memory cap on some later record; a runtime that survives the refused `memory.grow`
+//! may then give that record a verdict of its own making (SpiderMonkey turns it into an
+//! exception: a valid record rejected). So an instance is replaced before that: after the call in
+//! which it has used more than half the room its cap left it when it was made, and after any call
+//! in which it reached its cap; and a `retry` or `reject` given after reaching the cap is reported
+//! as the `memory` outcome, not as the record's.
 //!
 //! A pure `batch-handler` under `reuse` can also take several records in one call
 //! ([`Worker::invoke_batch`]): one entry into the sandbox for many records, which share one time
@@ -13,9 +22,12 @@
 
 use super::config::{HandlerLimits, InstancePolicy};
 use super::module::{HandlerModule, Instance};
-use super::state::{Deadline, HostState, RecordScope};
+use super::state::{Deadline, HostState, MAX_TABLE_ELEMENTS, MemoryCap, RecordScope};
+use crate::metrics::ReasonLabels;
 use crate::producer_api::ProducerClient;
 use crate::record::{Invocation, Outcome, Record};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
@@ -23,6 +35,63 @@ struct Live {
     store: Store<HostState>,
     instance: Instance,
     handled: u64,
+    /// What the instance held when it was made.
+    born: Footprint,
+}
+
+impl Live {
+    fn footprint(&self) -> Footprint {
+        Footprint::of(&self.store.data().memory)
+    }
+}
+
+/// An instance's size as its caps count it: all its memories, all its tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    /// Bytes of all its memories together (capped by `max_memory_bytes`).
+    pub memory_bytes: usize,
+    /// Elements of all its tables together (capped by [`MAX_TABLE_ELEMENTS`]).
+    pub table_elements: usize,
+}
+
+impl Footprint {
+    fn of(memory: &MemoryCap) -> Self {
+        Self { memory_bytes: memory.memory_bytes(), table_elements: memory.table_elements() }
+    }
+}
+
+/// Why a worker dropped its instance after a call, under the `reuse` policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recycle {
+    /// The call trapped, ran past its time limit or broke the batch contract.
+    Fault,
+    /// The instance reached its memory cap during the call, or has outgrown its room (see
+    /// [`outgrown`]).
+    Memory,
+    /// It has served `recycle_after_records` records.
+    Records,
+}
+
+impl Recycle {
+    /// Its label in `host_instances_recycled_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Fault => "fault",
+            Self::Memory => "memory",
+            Self::Records => "records",
+        }
+    }
+}
+
+/// Whether an instance that held `born` when it was made and holds `now` has used more than half
+/// the room its caps left it then, in memory (of `max_memory_bytes`) or in table elements: it is
+/// replaced before its next record, so that leftovers of earlier records never take the room a
+/// record needs, while an instance that merely starts large (a Python interpreter: 13 MiB) is not
+/// replaced after every record.
+pub fn outgrown(born: Footprint, now: Footprint, max_memory_bytes: usize) -> bool {
+    let past_half = |born: usize, now: usize, cap: usize| now > born + cap.saturating_sub(born) / 2;
+    past_half(born.memory_bytes, now.memory_bytes, max_memory_bytes)
+        || past_half(born.table_elements, now.table_elements, MAX_TABLE_ELEMENTS)
 }
 
 /// What a batch came to.
@@ -51,6 +120,8 @@ pub struct Worker {
     instantiations: u64,
     /// The buffer records are packed in for a batch handler, kept for its capacity.
     packing: Vec<u8>,
+    /// Instances dropped after a call, by reason.
+    recycled: Family<ReasonLabels, Counter>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -59,14 +130,31 @@ impl std::fmt::Debug for Worker {
             .field("module", &self.module)
             .field("live", &self.live.is_some())
             .field("instantiations", &self.instantiations)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
 impl Worker {
     /// A worker for `module`, calling the producer through `producer`.
     pub fn new(module: HandlerModule, producer: ProducerClient) -> Self {
-        Self { module, producer, live: None, instantiations: 0, packing: Vec::new() }
+        Self { module, producer, live: None, instantiations: 0, packing: Vec::new(), recycled: Family::default() }
+    }
+
+    /// Counts the instances this worker drops after a call in `recycled` (the host's
+    /// `host_instances_recycled_total`), by reason.
+    pub fn count_recycled_in(&mut self, recycled: Family<ReasonLabels, Counter>) {
+        self.recycled = recycled;
+    }
+
+    /// Instances this worker dropped after a call for `reason` (counted where
+    /// [`count_recycled_in`](Worker::count_recycled_in) says).
+    pub fn recycled(&self, reason: Recycle) -> u64 {
+        self.recycled.get_or_create(&ReasonLabels { reason: reason.label().to_string() }).get()
+    }
+
+    /// The size of the instance kept for the next record (`None`: none is kept).
+    pub fn footprint(&self) -> Option<Footprint> {
+        self.live.as_ref().map(Live::footprint)
     }
 
     /// The handler this worker runs.
@@ -113,15 +201,34 @@ impl Worker {
             Some(Ok(Err(error))) => Outcome::from(error),
             Some(Err(error)) => classify(&error, live.store.data().memory.exceeded, &limits),
         };
+        let outcome = after_the_cap(outcome, live.store.data().memory.exceeded, &limits);
         let scope = live.store.data_mut().take_scope();
         live.handled += 1;
-        if limits.instance_policy == InstancePolicy::Reuse
-            && !outcome.is_sandbox_fault()
-            && live.handled < limits.recycle_after_records
-        {
-            self.live = Some(live);
-        }
+        let fault = matches!(outcome, Outcome::Trap(_) | Outcome::Timeout(_));
+        self.keep_or_recycle(live, fault);
         Invocation::of(outcome, scope, started.elapsed())
+    }
+
+    /// Keeps `live` for the next call, or drops it after a call that was a `fault`, that reached
+    /// the memory cap, that left it [`outgrown`], or that was its `recycle_after_records`th
+    /// (counted by reason); under `fresh`, drops it.
+    fn keep_or_recycle(&mut self, live: Live, fault: bool) {
+        let limits = self.module.limits();
+        if limits.instance_policy == InstancePolicy::Fresh {
+            return;
+        }
+        let cap = usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX);
+        let reason = if fault {
+            Recycle::Fault
+        } else if live.store.data().memory.exceeded || outgrown(live.born, live.footprint(), cap) {
+            Recycle::Memory
+        } else if live.handled >= limits.recycle_after_records {
+            Recycle::Records
+        } else {
+            self.live = Some(live);
+            return;
+        };
+        self.recycled.get_or_create(&ReasonLabels { reason: reason.label().to_string() }).inc();
     }
 
     /// Whether [`Worker::invoke_batch`] can take batches (see [`HandlerModule::takes_batches`]).
@@ -156,19 +263,32 @@ impl Worker {
         let deadline = live.store.data().deadline.clone();
         let called = bounded(&deadline, live.instance.handle_batch(&mut live.store, records, &mut self.packing)).await;
         self.keep_packing();
+        let exceeded = live.store.data().memory.exceeded;
         let results = match called {
             None => {
+                self.keep_or_recycle(live, true);
                 return BatchInvocation::Failed(format!(
                     "timeout: the guest was still waiting in a host call at its {} ms time limit",
                     limits.call_timeout_ms
                 ));
             }
             Some(Err(error)) => {
-                let outcome = classify(&error, live.store.data().memory.exceeded, &limits);
+                let outcome = classify(&error, exceeded, &limits);
+                self.keep_or_recycle(live, !exceeded);
                 return BatchInvocation::Failed(format!(
                     "{}: {}",
                     outcome.label(),
                     outcome.reason().unwrap_or_default()
+                ));
+            }
+            // Results given after the guest reached its memory cap may be the refused growth's,
+            // not the records' (see `after_the_cap`): a pure handler's records are simply
+            // handled again, one by one, on a new instance.
+            Some(Ok(_)) if exceeded => {
+                self.keep_or_recycle(live, false);
+                return BatchInvocation::Failed(format!(
+                    "memory: the guest reached its memory cap of {} bytes during the batch",
+                    limits.max_memory_bytes
                 ));
             }
             Some(Ok(results)) => results,
@@ -177,6 +297,7 @@ impl Worker {
             // The instance is not trusted with another record, and the module not with another
             // batch: its records go one by one until the handler is swapped.
             self.module.turn_batches_off();
+            self.keep_or_recycle(live, true);
             return BatchInvocation::Failed(format!(
                 "broken batch contract: {} results for {} records",
                 results.len(),
@@ -199,9 +320,7 @@ impl Worker {
             })
             .collect();
         live.handled += records.len() as u64;
-        if live.handled < limits.recycle_after_records {
-            self.live = Some(live);
-        }
+        self.keep_or_recycle(live, false);
         BatchInvocation::Handled(invocations)
     }
 
@@ -259,7 +378,10 @@ impl Worker {
                 Outcome::Trap(reason) => Outcome::Trap(format!("instantiation failed: {reason}")),
                 other => other,
             }),
-            Some(Ok(instance)) => Ok(Live { store, instance, handled: 0 }),
+            Some(Ok(instance)) => {
+                let born = Footprint::of(&store.data().memory);
+                Ok(Live { store, instance, handled: 0, born })
+            }
         }
     }
 }
@@ -297,6 +419,23 @@ fn slice_ticks(engine: &super::WasmEngine, deadline: Option<Instant>, now: Insta
     engine.ticks_for(left).min(SLICE_TICKS)
 }
 
+/// The outcome of a call in which the guest reached its memory cap (a `memory.grow` refused) and
+/// still answered: a `retry` or `reject` then may be the refused growth's doing rather than the
+/// record's (SpiderMonkey reports the failed allocation as an exception; StarlingMonkey's
+/// `TextDecoder.decode` as "Decoding failed", which a handler rejects as a malformed value), so
+/// it is the `memory` outcome, which is retried on a new instance. An `ok` stands: the guest did
+/// its work.
+fn after_the_cap(outcome: Outcome, exceeded: bool, limits: &HandlerLimits) -> Outcome {
+    let label = outcome.label();
+    match outcome {
+        Outcome::Retry(reason) | Outcome::Reject(reason) if exceeded => Outcome::Memory(format!(
+            "the guest reached its memory cap of {} bytes during the call, then answered {label}: {reason}",
+            limits.max_memory_bytes
+        )),
+        other => other,
+    }
+}
+
 /// Turns a wasmtime error from a guest call into an outcome.
 fn classify(error: &wasmtime::Error, memory_exceeded: bool, limits: &HandlerLimits) -> Outcome {
     let trap = error.downcast_ref::<Trap>().copied();
@@ -312,5 +451,55 @@ fn classify(error: &wasmtime::Error, memory_exceeded: bool, limits: &HandlerLimi
     match trap {
         Some(trap) => Outcome::Trap(trap.to_string()),
         None => Outcome::Trap(error.root_cause().to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    fn memory(bytes: usize) -> Footprint {
+        Footprint { memory_bytes: bytes, table_elements: 7744 }
+    }
+
+    #[test]
+    fn an_instance_is_outgrown_past_half_the_room_it_was_made_with() {
+        // A JavaScript instance is made with 9 MiB: past 36.5 MiB of a 64 MiB cap it is replaced.
+        let js = memory(9 * MIB);
+        assert!(!outgrown(js, memory(9 * MIB), 64 * MIB));
+        assert!(!outgrown(js, memory(36 * MIB + MIB / 2), 64 * MIB));
+        assert!(outgrown(js, memory(36 * MIB + MIB / 2 + 1), 64 * MIB));
+        // A Python instance is made with 13 MiB: under a 16 MiB cap it is not replaced for what it
+        // was made with, only for what it grows.
+        let python = memory(13 * MIB);
+        assert!(!outgrown(python, python, 16 * MIB));
+        assert!(!outgrown(python, memory(14 * MIB + MIB / 2), 16 * MIB));
+        assert!(outgrown(python, memory(15 * MIB), 16 * MIB));
+        // Made at its cap: never outgrown (it cannot grow).
+        assert!(!outgrown(memory(16 * MIB), memory(16 * MIB), 16 * MIB));
+        // Tables count against their own cap.
+        let tables = |n| Footprint { memory_bytes: MIB, table_elements: n };
+        assert!(!outgrown(tables(0), tables(MAX_TABLE_ELEMENTS / 2), 64 * MIB));
+        assert!(outgrown(tables(0), tables(MAX_TABLE_ELEMENTS / 2 + 1), 64 * MIB));
+    }
+
+    #[test]
+    fn a_verdict_given_after_the_cap_was_reached_is_the_memory_outcome() {
+        let limits = HandlerLimits::default();
+        let reject = || Outcome::Reject("malformed value: TextDecoder.decode: Decoding failed.".into());
+        assert_eq!(after_the_cap(reject(), false, &limits), reject(), "below the cap, the guest's verdict");
+        match after_the_cap(reject(), true, &limits) {
+            Outcome::Memory(reason) => {
+                assert!(reason.contains("memory cap of 67108864 bytes"), "{reason}");
+                assert!(
+                    reason.ends_with("then answered reject: malformed value: TextDecoder.decode: Decoding failed.")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(after_the_cap(Outcome::Retry("later".into()), true, &limits), Outcome::Memory(_)));
+        assert_eq!(after_the_cap(Outcome::Ok, true, &limits), Outcome::Ok, "the guest did its work");
     }
 }

@@ -183,6 +183,29 @@ impl handler_sdk::Guest for Hostile {
                     std::hint::black_box(&hoard);
                 }
             }
+            // Keeps the value's number of bytes (written, so they are really taken) for as long
+            // as the instance lives: a guest that leaks with every record.
+            "leak" => {
+                static KEPT: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+                let n: usize = value_str(record).parse().unwrap_or(0);
+                KEPT.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(vec![1u8; n]);
+                Ok(())
+            }
+            // Asks for the value's number of bytes and, refused, rejects the record, as a runtime
+            // that survives a refused `memory.grow` may (SpiderMonkey throws). Granted, it uses
+            // them and returns ok.
+            "oom-reject" => {
+                let n: usize = value_str(record).parse().unwrap_or(0);
+                let mut bytes: Vec<u8> = Vec::new();
+                match bytes.try_reserve_exact(n) {
+                    Ok(()) => {
+                        bytes.resize(n, 1);
+                        std::hint::black_box(&bytes);
+                        Ok(())
+                    }
+                    Err(e) => Err(HandlerError::Reject(format!("cannot take {n} bytes: {e}"))),
+                }
+            }
             "panic" => panic!("the hostile handler panicked on purpose"),
             "trap" => core::arch::wasm32::unreachable(),
             "fs" => {
